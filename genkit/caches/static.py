@@ -1,0 +1,52 @@
+"""The static KV cache: preallocated to the request's maximum length, written in place."""
+
+from __future__ import annotations
+
+import torch
+
+from genkit.caches.base import KVCache
+
+
+class StaticKVCache(KVCache):
+    """Allocates ``(batch, heads, max_length, head_dim)`` per layer once and writes each step into it.
+
+    No step copies old entries, and the memory is known up front; the price is
+    that memory for ``max_length`` positions is held from the first token on.
+    """
+
+    name = "static"
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_heads: int,
+        head_dim: int,
+        max_length: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        shape = (batch_size, n_heads, max_length, head_dim)
+        self.max_length = max_length
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths = [0] * n_layers
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.lengths[layer]
+        end = start + key.shape[2]
+        if end > self.max_length:
+            raise RuntimeError(
+                f"static KV cache overflow: {end} positions requested, {self.max_length} allocated"
+            )
+        self.keys[layer][:, :, start:end] = key
+        self.values[layer][:, :, start:end] = value
+        self.lengths[layer] = end
+        # Views of the filled prefix: no copy.
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def length(self, layer: int = 0) -> int:
+        return self.lengths[layer]
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

@@ -1,0 +1,225 @@
+"""The plugin manager: the one place in genkit that talks to pluggy.
+
+:class:`Registry` loads the plugins of the ``genkit`` entry-point group, calls each
+hook once per plugin, and keeps what they registered in plain dictionaries. The
+planner looks components up here by name; no hook is called after loading.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from genkit import hookspecs
+from genkit.errors import PluginError, UnknownNameError
+from genkit.specs import CacheSpec, ModelSpec, ProcessorSpec, SamplerSpec, StoppingSpec
+
+logger = logging.getLogger("genkit")
+
+ENTRY_POINT_GROUP = "genkit"
+STRICT_ENV = "GENKIT_STRICT_PLUGINS"
+
+# Registry attribute, hook name, spec class and the spec field that names it.
+KINDS: tuple[tuple[str, str, type, str], ...] = (
+    ("processors", "register_logits_processors", ProcessorSpec, "name"),
+    ("samplers", "register_samplers", SamplerSpec, "name"),
+    ("stopping_criteria", "register_stopping_criteria", StoppingSpec, "name"),
+    ("caches", "register_kv_caches", CacheSpec, "name"),
+    ("models", "register_models", ModelSpec, "model_type"),
+)
+
+
+@dataclass
+class PluginInfo:
+    """One loaded plugin and what it registered, by kind."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that failed to import or to register, and why."""
+
+    entry_point: str
+    distribution: str | None
+    error: str
+
+
+@dataclass
+class Registered:
+    """A spec together with the plugin that registered it."""
+
+    spec: Any
+    plugin: str
+
+
+def strict_mode() -> bool:
+    """Return True when ``GENKIT_STRICT_PLUGINS`` asks for plugin failures to raise."""
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Registry:
+    """Components registered by plugins, by kind and name."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self.failures: list[PluginFailure] = []
+        self.processors: dict[str, Registered] = {}
+        self.samplers: dict[str, Registered] = {}
+        self.stopping_criteria: dict[str, Registered] = {}
+        self.caches: dict[str, Registered] = {}
+        self.models: dict[str, Registered] = {}
+
+    @classmethod
+    def load(
+        cls,
+        entry_points: bool = True,
+        plugins: Iterable[tuple[str, Any]] = (),
+        strict: bool | None = None,
+    ) -> Registry:
+        """Build a registry from installed entry points and from ``(name, plugin)`` pairs.
+
+        A plugin that fails to import or raises in a hook is logged and skipped,
+        unless ``strict`` (default: the ``GENKIT_STRICT_PLUGINS`` variable) is set,
+        in which case :class:`PluginError` is raised. Two plugins registering one
+        name always raise :class:`PluginError`.
+        """
+        strict = strict_mode() if strict is None else strict
+        registry = cls()
+        if entry_points:
+            for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                registry._load_entry_point(entry_point, strict)
+        for name, plugin in plugins:
+            registry.add_plugin(plugin, name=name, strict=True)
+        return registry
+
+    def _load_entry_point(self, entry_point: importlib.metadata.EntryPoint, strict: bool) -> None:
+        dist = entry_point.dist
+        dist_name = dist.name if dist is not None else None
+        version = dist.version if dist is not None else None
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:  # any import-time error of third-party code
+            self._fail(f"{entry_point.name} = {entry_point.value}", dist_name, exc, strict)
+            return
+        try:
+            self.add_plugin(plugin, name=entry_point.name, distribution=dist_name, version=version, strict=strict)
+        except PluginError:
+            raise
+        except Exception as exc:
+            self._fail(f"{entry_point.name} = {entry_point.value}", dist_name, exc, strict)
+
+    def _fail(self, entry_point: str, distribution: str | None, exc: BaseException, strict: bool) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        where = f"plugin {entry_point!r} from distribution {distribution or 'unknown'}"
+        if strict:
+            raise PluginError(f"{where} failed to load: {error} (unset {STRICT_ENV} to skip broken plugins)") from exc
+        logger.warning("skipping %s: %s (set %s=1 to make this an error)", where, error, STRICT_ENV)
+        self.failures.append(PluginFailure(entry_point, distribution, error))
+
+    def add_plugin(
+        self,
+        plugin: Any,
+        name: str,
+        distribution: str | None = None,
+        version: str | None = None,
+        strict: bool = True,
+    ) -> PluginInfo:
+        """Register one plugin object and collect what its hooks register."""
+        if self.pm.has_plugin(name):
+            raise PluginError(f"a plugin named {name!r} is already loaded; give the second one another name")
+        self.pm.register(plugin, name=name)
+        info = PluginInfo(name=name, distribution=distribution, version=version)
+        try:
+            for attribute, hook_name, spec_class, key in KINDS:
+                names = self._collect(plugin, name, hook_name, spec_class, key, getattr(self, attribute))
+                if names:
+                    info.registered[attribute] = names
+        except Exception:
+            self._forget(name)
+            raise
+        self.plugins.append(info)
+        return info
+
+    def _collect(
+        self, plugin: Any, plugin_name: str, hook_name: str, spec_class: type, key: str, table: dict[str, Registered]
+    ) -> list[str]:
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+        collected: list[Any] = []
+
+        def register(spec: Any) -> None:
+            if not isinstance(spec, spec_class):
+                raise PluginError(
+                    f"plugin {plugin_name!r} passed {spec!r} to {hook_name}; expected a {spec_class.__name__}"
+                )
+            collected.append(spec)
+
+        try:
+            caller(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}") from exc
+
+        names = []
+        for spec in collected:
+            spec_name = getattr(spec, key)
+            if spec_name in table:
+                owner = table[spec_name].plugin
+                raise PluginError(
+                    f"{spec_class.__name__} name {spec_name!r} is registered by both plugin {owner!r} "
+                    f"and plugin {plugin_name!r}; uninstall one or rename its component"
+                )
+            names.append(spec_name)
+        for spec in collected:
+            table[getattr(spec, key)] = Registered(spec, plugin_name)
+        return names
+
+    def _forget(self, plugin_name: str) -> None:
+        """Drop a half-registered plugin so a failure leaves the registry as it was."""
+        self.pm.unregister(name=plugin_name)
+        for attribute, *_ in KINDS:
+            table = getattr(self, attribute)
+            for key in [k for k, v in table.items() if v.plugin == plugin_name]:
+                del table[key]
+
+    def lookup(self, kind: str, name: str) -> Registered:
+        """Return the registered component ``name`` of ``kind`` or raise a listing error."""
+        table: dict[str, Registered] = getattr(self, kind)
+        if name not in table:
+            label = kind.replace("_", " ").rstrip("s")
+            available = ", ".join(sorted(table)) or "none (are the genkit built-in plugins installed?)"
+            raise UnknownNameError(f"unknown {label} {name!r}; available: {available}")
+        return table[name]
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """Return the process-wide registry, loading the installed plugins on first use."""
+    global _default
+    if _default is None:
+        _default = Registry.load()
+    return _default
+
+
+def set_registry(registry: Registry | None) -> Registry | None:
+    """Replace the process-wide registry (None reloads on next use); return the previous one."""
+    global _default
+    previous, _default = _default, registry
+    return previous
+
+
+RegisterCallback = Callable[[Any], None]
