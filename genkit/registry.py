@@ -11,7 +11,7 @@ import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pluggy
 
@@ -33,7 +33,6 @@ KINDS: tuple[tuple[str, str, type, str], ...] = (
     ("models", "register_models", ModelSpec, "model_type"),
 )
 
-
 @dataclass
 class PluginInfo:
     """One loaded plugin and what it registered, by kind."""
@@ -43,7 +42,6 @@ class PluginInfo:
     version: str | None
     registered: dict[str, list[str]] = field(default_factory=dict)
 
-
 @dataclass
 class PluginFailure:
     """A plugin that failed to import or to register, and why."""
@@ -52,7 +50,6 @@ class PluginFailure:
     distribution: str | None
     error: str
 
-
 @dataclass
 class Registered:
     """A spec together with the plugin that registered it."""
@@ -60,11 +57,9 @@ class Registered:
     spec: Any
     plugin: str
 
-
 def strict_mode() -> bool:
     """Return True when ``GENKIT_STRICT_PLUGINS`` asks for plugin failures to raise."""
     return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
 
 class Registry:
     """Components registered by plugins, by kind and name."""
@@ -203,9 +198,7 @@ class Registry:
             raise UnknownNameError(f"unknown {label} {name!r}; available: {available}")
         return table[name]
 
-
 _default: Registry | None = None
-
 
 def get_registry() -> Registry:
     """Return the process-wide registry, loading the installed plugins on first use."""
@@ -214,12 +207,8 @@ def get_registry() -> Registry:
         _default = Registry.load()
     return _default
 
-
 def set_registry(registry: Registry | None) -> Registry | None:
     """Replace the process-wide registry (None reloads on next use); return the previous one."""
     global _default
     previous, _default = _default, registry
     return previous
-
-
-RegisterCallback = Callable[[Any], None]

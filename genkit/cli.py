@@ -1,0 +1,251 @@
+"""The ``genkit`` command line: generate, plugins, train-toy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from genkit.errors import ConfigError, GenkitError
+
+logger = logging.getLogger("genkit")
+
+
+def _json_value(name: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name} must be JSON ({exc}), e.g. {JSON_EXAMPLES[name]}") from exc
+
+    return parse
+
+
+JSON_EXAMPLES = {
+    "bad_words_ids": "'[[464, 3290], [50256]]'",
+    "sequence_bias": "'[[[464], -2.0], [[3290, 11], 1.5]]'",
+    "suppress_tokens": "'[198, 628]'",
+    "logit_bias": "'{\"50256\": -100}'",
+    "dry_sequence_breakers": "'[\"\\\\n\", \":\"]'",
+}
+
+# (field, type, help). Every flag is the GenerationConfig field with dashes.
+GENERATION_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("max_new_tokens", int, "maximum number of tokens to generate (default: the model's generation_config, else 20)"),
+    ("max_length", int, "maximum total length, prompt included (max_new_tokens wins when both are set)"),
+    ("min_new_tokens", int, "mask EOS until this many tokens are generated"),
+    ("max_time", float, "stop after this many seconds"),
+    ("temperature", float, "divide logits by this value before sampling (> 0)"),
+    ("top_k", int, "keep the k most likely tokens when sampling (0 turns it off; transformers default 50)"),
+    ("top_p", float, "nucleus sampling: keep the top tokens holding this probability mass, in [0, 1]"),
+    ("min_p", float, "drop tokens below min_p times the top token's probability, in [0, 1]"),
+    ("typical_p", float, "locally typical sampling mass, in (0, 1]"),
+    ("epsilon_cutoff", float, "drop tokens with probability below this value, in [0, 1)"),
+    ("eta_cutoff", float, "eta sampling cutoff, in [0, 1)"),
+    ("repetition_penalty", float, "penalise tokens already in the prompt or output (> 0; 1 turns it off)"),
+    ("no_repeat_ngram_size", int, "forbid repeating any n-gram of this size"),
+    ("bad_words_ids", _json_value("bad_words_ids"), "token id sequences never to generate, as JSON"),
+    ("sequence_bias", _json_value("sequence_bias"), "biases for token sequences, as JSON"),
+    ("suppress_tokens", _json_value("suppress_tokens"), "token ids never to generate, as JSON"),
+    ("presence_penalty", float, "OpenAI presence penalty over generated tokens, in [-2, 2]"),
+    ("frequency_penalty", float, "OpenAI frequency penalty over generated tokens, in [-2, 2]"),
+    ("logit_bias", _json_value("logit_bias"), "bias added to given token ids' logits, as JSON"),
+    ("mirostat", int, "2 selects the mirostat v2 sampler, 0 turns it off"),
+    ("mirostat_tau", float, "mirostat target surprise in bits"),
+    ("mirostat_eta", float, "mirostat learning rate"),
+    ("dry_multiplier", float, "DRY repetition penalty strength (0 turns it off)"),
+    ("dry_base", float, "DRY penalty growth base (> 1)"),
+    ("dry_allowed_length", int, "longest repeat DRY leaves unpenalised"),
+    ("dry_penalty_last_n", int, "how many recent tokens DRY scans (-1: all)"),
+    ("dry_sequence_breakers", _json_value("dry_sequence_breakers"), "strings that end DRY matches, as JSON"),
+    ("pad_token_id", int, "token id used to pad finished sequences in a batch"),
+    ("seed", int, "seed of the sampling RNG, for reproducible output"),
+    ("sampler", str, "sampler name (default: greedy, or multinomial with --do-sample); see `genkit plugins`"),
+    ("cache", str, "KV cache backend name (default: concat); see `genkit plugins`"),
+]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_generate_parser(subparsers) -> None:
+    parser = subparsers.add_parser("generate", help="generate text from one or more prompts")
+    parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text; several prompts run as one batch")
+    parser.add_argument("--model", default=None, help="checkpoint folder, shipped name or cached hub id "
+                        "(default: the shipped toy-shakespeare model)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="compute dtype (default: the checkpoint's)")
+    sampling = parser.add_mutually_exclusive_group()
+    sampling.add_argument("--do-sample", dest="do_sample", action="store_true", default=None,
+                          help="sample from the processed distribution")
+    sampling.add_argument("--greedy", dest="do_sample", action="store_false", help="take the argmax (do_sample=False)")
+    for name, kind, help_text in GENERATION_FLAGS:
+        parser.add_argument(_flag(name), dest=name, type=kind, default=None, help=help_text)
+    parser.add_argument("--eos-token-id", dest="eos_token_id", type=int, action="append", default=None,
+                        help="EOS token id; repeat for several (default: the model's)")
+    parser.add_argument("--stop", dest="stop_strings", action="append", default=None,
+                        help="stop when the output contains this string; repeat for several")
+    parser.add_argument("--include-stop-str-in-output", dest="include_stop_str_in_output", action="store_true",
+                        default=None, help="keep the matched stop string in the returned text")
+    parser.add_argument("--logits-processor", dest="logits_processors", action="append", default=None,
+                        metavar="NAME", help="add a registered logits processor by name; repeat for several")
+    parser.add_argument("--stopping-criterion", dest="stopping_criteria", action="append", default=None,
+                        metavar="NAME", help="add a registered stopping criterion by name; repeat for several")
+    parser.add_argument("--stream", action="store_true", help="print text as it is generated")
+    parser.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON object per token)")
+    parser.set_defaults(handler=run_generate)
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Collect the generation fields set on the command line (unset flags stay None)."""
+    names = [name for name, _, _ in GENERATION_FLAGS] + [
+        "do_sample", "eos_token_id", "stop_strings", "include_stop_str_in_output",
+        "logits_processors", "stopping_criteria",
+    ]
+    kwargs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if isinstance(kwargs.get("eos_token_id"), list) and len(kwargs["eos_token_id"]) == 1:
+        kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+    if "logit_bias" in kwargs:
+        bias = kwargs["logit_bias"]
+        if not isinstance(bias, dict):
+            raise ConfigError(f"invalid logit_bias={bias!r}: expected a JSON object, e.g. {JSON_EXAMPLES['logit_bias']}")
+        try:
+            kwargs["logit_bias"] = {int(k): v for k, v in bias.items()}
+        except ValueError as exc:
+            raise ConfigError(f"invalid logit_bias key: {exc}; keys must be token ids") from exc
+    if "sequence_bias" in kwargs and isinstance(kwargs["sequence_bias"], list):
+        kwargs["sequence_bias"] = [[list(ids), bias] for ids, bias in kwargs["sequence_bias"]]
+    return kwargs
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from genkit.engine import Generator
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    generator = Generator.from_pretrained(args.model, device=args.device, dtype=dtype)
+    kwargs = generation_kwargs(args)
+    prompts = args.prompts
+    if args.stream:
+        return _stream(generator, prompts, kwargs, args.json)
+
+    results = generator.generate_batch(prompts, **kwargs)
+    if args.json:
+        payloads = [r.to_dict() for r in results]
+        output = payloads[0] if len(payloads) == 1 else {"model": generator.loaded.name, "results": payloads}
+        print(json.dumps(output, ensure_ascii=False))
+        return 0
+    for index, (prompt, result) in enumerate(zip(prompts, results)):
+        if index:
+            print("\n" + "-" * 40)
+        print(prompt + result.text)
+    _print_stats(results[0].stats, results)
+    return 0
+
+
+def _stream(generator, prompts: list[str], kwargs: dict, as_json: bool) -> int:
+    stream = generator.stream(prompts, **kwargs)
+    single = len(prompts) == 1
+    if single and not as_json:
+        sys.stdout.write(prompts[0])
+    for event in stream:
+        if as_json:
+            print(json.dumps({"event": "token", "sequence": event.sequence, "token_id": event.token_id,
+                              "text": event.text, "index": event.index, "time_s": event.time_s,
+                              "finish_reason": event.finish_reason}, ensure_ascii=False), flush=True)
+        elif single:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif event.text:
+            print(f"[{event.sequence}] {event.text!r}", flush=True)
+    if as_json:
+        for result in stream.results:
+            print(json.dumps({"event": "done", **result.to_dict()}, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        _print_stats(stream.results[0].stats, stream.results)
+    return 0
+
+
+def _print_stats(stats, results) -> None:
+    reasons = ", ".join(r.finish_reason for r in results)
+    print(
+        f"[{sum(r.stats.generated_tokens for r in results)} tokens, finish: {reasons}, "
+        f"TTFT {stats.ttft_s * 1000:.1f} ms, decode {stats.decode_tokens_per_s:.1f} tokens/s]",
+        file=sys.stderr,
+    )
+
+
+def add_plugins_parser(subparsers) -> None:
+    parser = subparsers.add_parser("plugins", help="list installed plugins and what they register")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=run_plugins)
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    from genkit.registry import get_registry
+
+    registry = get_registry()
+    if args.json:
+        payload = {
+            "plugins": [
+                {"name": p.name, "distribution": p.distribution, "version": p.version, "registered": p.registered}
+                for p in registry.plugins
+            ],
+            "failures": [
+                {"entry_point": f.entry_point, "distribution": f.distribution, "error": f.error}
+                for f in registry.failures
+            ],
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    for plugin in registry.plugins:
+        origin = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "added in code"
+        print(f"{plugin.name} ({origin})")
+        for kind, names in plugin.registered.items():
+            print(f"  {kind}: {', '.join(names)}")
+    for failure in registry.failures:
+        print(f"FAILED {failure.entry_point} ({failure.distribution}): {failure.error}")
+    return 0
+
+
+def add_train_toy_parser(subparsers) -> None:
+    from genkit.training import add_train_toy_arguments, run_train_toy
+
+    parser = subparsers.add_parser("train-toy", help="train the toy GPT on a text file")
+    add_train_toy_arguments(parser)
+    parser.set_defaults(handler=run_train_toy)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genkit", description="Plugin-based text generation with PyTorch")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_generate_parser(subparsers)
+    add_plugins_parser(subparsers)
+    add_train_toy_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="genkit: %(levelname)s: %(message)s")
+    try:
+        return args.handler(args)
+    except GenkitError as exc:
+        print(f"genkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""The generation loop: prefill, then decode steps, with per-phase timing.
+
+``Generator.prefill`` runs the prompt through the model in one forward pass and
+picks the first token; ``Generator.decode_step`` feeds the last token of every
+sequence and picks the next. ``generate``, ``generate_batch`` and ``stream`` are
+thin loops over those two phases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from genkit.config import GenerationConfig
+from genkit.detokenizer import IncrementalDetokenizer
+from genkit.errors import ConfigError, PromptError
+from genkit.models.base import LoadedModel
+from genkit.plan import Plan, build_plan
+from genkit.registry import Registry, get_registry
+from genkit.specs import RequestContext
+
+logger = logging.getLogger("genkit")
+
+# Used when neither the request nor generation_config.json sets a length.
+# NOTE: transformers' default is max_length=20 with the prompt counted; genkit
+# counts 20 new tokens so that a long prompt still gets an answer.
+DEFAULT_MAX_NEW_TOKENS = 20
+
+Prompt = str | Sequence[int] | torch.Tensor
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work so that a clock read measures finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class GenerationStats:
+    """Timings and counts of one request. Times are seconds, measured after a device sync.
+
+    ``ttft_s`` runs from the call to the first token (tokenization and planning
+    included); ``prefill_s`` is the prompt forward plus the first token's selection.
+    ``decode_tokens_per_s`` counts tokens produced by decode steps over ``decode_s``.
+    """
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    total_s: float = 0.0
+    inter_token_latencies_s: list[float] = field(default_factory=list)
+    kv_cache_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StreamEvent:
+    """One generated token of one sequence, with the text it completed (possibly empty)."""
+
+    sequence: int
+    token_id: int
+    text: str
+    index: int  # 0 for the first generated token of the sequence
+    time_s: float  # since the request started
+    finish_reason: str | None = None
+
+
+@dataclass
+class GenerationResult:
+    """The output of one prompt: generated ids and text only (the prompt is not repeated)."""
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    stats: GenerationStats
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt_token_ids": self.prompt_token_ids,
+            "token_ids": self.token_ids,
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "stats": self.stats.to_dict(),
+        }
+
+
+@dataclass
+class GenerationState:
+    """Everything the decode loop carries from one step to the next."""
+
+    plan: Plan
+    config: GenerationConfig
+    input_ids: torch.Tensor  # (B, S): left-padded prompts, then generated tokens
+    padding_mask: torch.Tensor | None  # (B, S), 0 at left padding; None when no row is padded
+    next_positions: torch.Tensor  # (B, 1) position id of the next token fed
+    finished: torch.Tensor  # (B,) bool
+    finish_reasons: list[str | None]
+    prompt_ids: list[list[int]]
+    detokenizers: list[IncrementalDetokenizer]
+    generator: torch.Generator | None
+    start_time: float
+    stats: GenerationStats
+    last_events: list[StreamEvent] = field(default_factory=list)
+    last_token_time: float = 0.0
+    decode_tokens: int = 0
+    emitted_chars: list[int] = field(default_factory=list)  # streamed text length per row
+    stop_strings: list[str] = field(default_factory=list)
+    criteria_by_reason: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finished.all())
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def _pending_stop_prefix(text: str, stop_strings: list[str]) -> int:
+    """Return the length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+    longest = 0
+    for stop in stop_strings:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+class Generator:
+    """Generate text with one loaded model.
+
+    >>> gen = Generator.from_pretrained()            # the shipped toy model
+    >>> gen.generate("ROMEO:", max_new_tokens=40).text
+    """
+
+    def __init__(self, loaded: LoadedModel, registry: Registry | None = None):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.registry = registry or get_registry()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        registry: Registry | None = None,
+    ) -> Generator:
+        """Load a checkpoint (path, shipped name or cached hub id; None for the default toy model)."""
+        from genkit.models.loading import load_model
+
+        registry = registry or get_registry()
+        return cls(load_model(name_or_path, device=device, dtype=dtype, registry=registry), registry)
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    # ------------------------------------------------------------------ request
+
+    def make_config(self, config: Any = None, **kwargs: Any) -> GenerationConfig:
+        """Merge the checkpoint's generation defaults, ``config`` and keyword overrides."""
+        return GenerationConfig.build(self.loaded.generation_defaults, config, **kwargs)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise PromptError("empty prompt: pass at least one character of text")
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, torch.Tensor):
+            if prompt.dim() != 1:
+                raise PromptError(f"prompt tensor has shape {tuple(prompt.shape)}; expected one dimension of token ids")
+            ids = prompt.tolist()
+        else:
+            ids = list(prompt)
+        if not ids:
+            raise PromptError("empty prompt: it encodes to no tokens; pass non-empty text or token ids")
+        vocab_size = self.loaded.shape.vocab_size
+        bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab_size]
+        if bad:
+            raise PromptError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab_size})")
+        return ids
+
+    def _context(self, config: GenerationConfig, prompt_ids: list[list[int]]) -> RequestContext:
+        shape = self.loaded.shape
+        longest = max(len(ids) for ids in prompt_ids)
+        if longest > shape.max_positions:
+            raise PromptError(
+                f"prompt is {longest} tokens but the model's maximum is {shape.max_positions} positions; "
+                "shorten the prompt"
+            )
+
+        if config.max_new_tokens is not None:
+            max_new_tokens = config.max_new_tokens
+        elif config.max_length is not None:
+            max_new_tokens = config.max_length - longest
+            if max_new_tokens < 1:
+                raise ConfigError(
+                    f"invalid max_length={config.max_length}: the prompt already has {longest} tokens; "
+                    "set max_new_tokens instead"
+                )
+        else:
+            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+
+        # The last generated token is never fed to the model, so a full context
+        # window of max_positions tokens still yields one more token.
+        window = shape.max_positions + 1
+        max_length = longest + max_new_tokens
+        if max_length > window:
+            logger.warning(
+                "prompt (%d tokens) + max_new_tokens (%d) exceeds the context window of %d positions; "
+                "generation stops with finish reason 'length' after %d tokens",
+                longest, max_new_tokens, shape.max_positions, window - longest,
+            )
+            max_length = window
+
+        eos = config.eos_token_ids()
+        if not eos and self.tokenizer.eos_token_id is not None:
+            eos = (self.tokenizer.eos_token_id,)
+        for token in eos:
+            if token >= shape.vocab_size:
+                raise ConfigError(f"invalid eos_token_id={token}: the vocabulary has {shape.vocab_size} tokens")
+        pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
+
+        return RequestContext(
+            config=config,
+            tokenizer=self.tokenizer,
+            shape=shape,
+            batch_size=len(prompt_ids),
+            prompt_length=longest,
+            max_length=max_length,
+            device=self.device,
+            dtype=self.loaded.dtype,
+            eos_token_ids=tuple(eos),
+            pad_token_id=pad,
+        )
+
+    # ------------------------------------------------------------------ phases
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[Prompt], config: Any = None, **kwargs: Any) -> GenerationState:
+        """Plan the request, run the prompts through the model in one forward pass and pick the first tokens."""
+        start_time = time.perf_counter()
+        if isinstance(prompts, (str, torch.Tensor)) or (len(prompts) > 0 and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if len(prompts) == 0:
+            raise PromptError("no prompts given: pass at least one prompt")
+        config = self.make_config(config, **kwargs)
+        prompt_ids = [self.encode_prompt(p) for p in prompts]
+        ctx = self._context(config, prompt_ids)
+        plan = build_plan(self.registry, ctx)
+        plan.reset()
+
+        # Left-pad to a rectangle so every row's next token sits in the last column.
+        device = self.device
+        longest = ctx.prompt_length
+        rows = [[ctx.pad_token_id] * (longest - len(ids)) + ids for ids in prompt_ids]
+        input_ids = torch.tensor(rows, dtype=torch.long, device=device)  # (B, T)
+        padded = any(len(ids) != longest for ids in prompt_ids)
+        if padded:
+            padding_mask = torch.tensor(
+                [[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompt_ids], dtype=torch.long, device=device
+            )
+            position_ids = (padding_mask.cumsum(-1) - 1).clamp(min=0)
+        else:
+            padding_mask = None
+            position_ids = torch.arange(longest, device=device).expand(len(rows), longest)
+        next_positions = position_ids[:, -1:] + 1  # (B, 1)
+
+        generator = None
+        if config.seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(config.seed)
+
+        batch = len(rows)
+        state = GenerationState(
+            plan=plan,
+            config=config,
+            input_ids=input_ids,
+            padding_mask=padding_mask,
+            next_positions=next_positions,
+            finished=torch.zeros(batch, dtype=torch.bool, device=device),
+            finish_reasons=[None] * batch,
+            prompt_ids=prompt_ids,
+            detokenizers=[IncrementalDetokenizer(self.tokenizer) for _ in range(batch)],
+            generator=generator,
+            start_time=start_time,
+            stats=GenerationStats(prompt_tokens=sum(len(ids) for ids in prompt_ids)),
+            emitted_chars=[0] * batch,
+            stop_strings=config.stop_string_list(),
+            criteria_by_reason=dict(plan.stopping),
+        )
+
+        synchronize(device)
+        prefill_start = time.perf_counter()
+        logits = self.model(input_ids, position_ids, plan.cache, padding_mask)  # (B, T, V)
+        state.last_events = self._select_next(state, logits[:, -1, :])
+        synchronize(device)
+        now = time.perf_counter()
+        state.stats.prefill_s = now - prefill_start
+        state.stats.ttft_s = now - start_time
+        state.last_token_time = now
+        return state
+
+    @torch.inference_mode()
+    def decode_step(self, state: GenerationState) -> list[StreamEvent]:
+        """Feed the last token of every sequence and pick the next one; return the new events."""
+        if state.done:
+            return []
+        synchronize(self.device)
+        step_start = time.perf_counter()
+        last = state.input_ids[:, -1:]  # (B, 1)
+        if state.padding_mask is not None:
+            state.padding_mask = torch.cat([state.padding_mask, torch.ones_like(last)], dim=-1)
+        logits = self.model(last, state.next_positions, state.plan.cache, state.padding_mask)  # (B, 1, V)
+        state.next_positions = state.next_positions + 1
+        events = self._select_next(state, logits[:, -1, :])
+        synchronize(self.device)
+        now = time.perf_counter()
+
+        state.stats.decode_s += now - step_start
+        state.stats.inter_token_latencies_s.append(now - state.last_token_time)
+        state.last_token_time = now
+        state.decode_tokens += len(events)
+        state.last_events = events
+        return events
+
+    def _select_next(self, state: GenerationState, logits: torch.Tensor) -> list[StreamEvent]:
+        """Apply the chain, sample, append and check stopping, for the first token and every later one."""
+        plan = state.plan
+        scores = logits.float()  # (B, V)
+        for processor in plan.processors:
+            scores = processor(state.input_ids, scores)
+        tokens = plan.sampler(state.input_ids, scores, state.generator)  # (B,)
+
+        # Finished rows keep receiving the pad token, as in transformers, so the batch stays rectangular.
+        was_finished = state.finished.clone()
+        tokens = torch.where(was_finished, torch.full_like(tokens, plan.context.pad_token_id), tokens)
+        state.input_ids = torch.cat([state.input_ids, tokens[:, None]], dim=-1)
+
+        token_list = tokens.tolist()
+        skip = was_finished.tolist()
+        for row, token in enumerate(token_list):
+            if not skip[row]:
+                state.detokenizers[row].add(token)
+        texts = [d.text for d in state.detokenizers]
+
+        for reason, criterion in plan.stopping:
+            hit = criterion(state.input_ids, scores, texts=texts, detokenizers=state.detokenizers)
+            if not isinstance(hit, torch.Tensor):
+                hit = torch.full_like(state.finished, bool(hit))
+            newly = hit.to(state.finished.device) & ~state.finished
+            if newly.any():
+                for row in newly.nonzero().flatten().tolist():
+                    state.finish_reasons[row] = reason
+                state.finished |= newly
+
+        now = time.perf_counter() - state.start_time
+        events = []
+        for row, token in enumerate(token_list):
+            if skip[row]:
+                continue
+            reason = state.finish_reasons[row]
+            if reason is not None:
+                state.detokenizers[row].flush()
+            visible = self._visible_text(state, row)
+            delta = visible[state.emitted_chars[row] :]
+            state.emitted_chars[row] = len(visible)
+            index = len(state.detokenizers[row].token_ids) - 1
+            events.append(StreamEvent(row, token, delta, index, now, reason))
+        return events
+
+    def _visible_text(self, state: GenerationState, row: int) -> str:
+        """Return the text of ``row`` that may be shown now.
+
+        A finished row shows its final text, trimmed by the criterion that stopped
+        it (a stop string is cut off). A running row holds back a tail that could
+        still grow into a stop string.
+        """
+        text = state.detokenizers[row].text
+        reason = state.finish_reasons[row]
+        if reason is not None:
+            trim = getattr(state.criteria_by_reason.get(reason), "output_text", None)
+            return trim(row, text) if callable(trim) else text
+        return text[: len(text) - _pending_stop_prefix(text, state.stop_strings)]
+
+    # ------------------------------------------------------------------ loops
+
+    def _run(self, prompts: Sequence[Prompt], config: Any, kwargs: dict) -> GenerationState:
+        state = self.prefill(prompts, config, **kwargs)
+        while not state.done:
+            self.decode_step(state)
+        return state
+
+    def _finish(self, state: GenerationState) -> list[GenerationResult]:
+        stats = state.stats
+        stats.total_s = time.perf_counter() - state.start_time
+        stats.decode_tokens_per_s = state.decode_tokens / stats.decode_s if stats.decode_s > 0 else 0.0
+        stats.kv_cache_bytes = state.plan.cache.memory_bytes()
+        results = []
+        for row, detokenizer in enumerate(state.detokenizers):
+            if state.finish_reasons[row] is None:
+                state.finish_reasons[row] = "length"
+            text = self._visible_text(state, row)
+            row_stats = GenerationStats(**{**stats.to_dict(), "prompt_tokens": len(state.prompt_ids[row])})
+            row_stats.generated_tokens = len(detokenizer.token_ids)
+            results.append(
+                GenerationResult(
+                    prompt_token_ids=state.prompt_ids[row],
+                    token_ids=list(detokenizer.token_ids),
+                    text=text,
+                    finish_reason=state.finish_reasons[row],
+                    stats=row_stats,
+                    model=self.loaded.name,
+                )
+            )
+        return results
+
+    def generate(self, prompt: Prompt, config: Any = None, **kwargs: Any) -> GenerationResult:
+        """Generate from one prompt (text or token ids) and return ids, text, finish reason and stats."""
+        return self._finish(self._run([prompt], config, kwargs))[0]
+
+    def generate_batch(self, prompts: Sequence[Prompt], config: Any = None, **kwargs: Any) -> list[GenerationResult]:
+        """Generate from several prompts at once (left-padded batch); one result per prompt."""
+        if isinstance(prompts, str):
+            raise PromptError("generate_batch expects a list of prompts; use generate() for a single string")
+        return self._finish(self._run(list(prompts), config, kwargs))
+
+    def stream(self, prompt: Prompt | Sequence[Prompt], config: Any = None, **kwargs: Any) -> GenerationStream:
+        """Return an iterator of :class:`StreamEvent`, one per generated token, as soon as it is picked.
+
+        Pass a list of prompts to stream a batch; ``event.sequence`` says which prompt
+        a token belongs to. After the iterator is exhausted, ``.results`` holds the
+        same results ``generate_batch`` returns. Text that may still be the start of a
+        stop string is held back until it is known not to be.
+        """
+        return GenerationStream(self, prompt, config, kwargs)
+
+
+class GenerationStream:
+    """Iterator over the events of one streamed request; ``results`` is filled when it ends."""
+
+    def __init__(self, generator: Generator, prompts: Any, config: Any, kwargs: dict):
+        self._events = self._iterate(generator, prompts, config, kwargs)
+        self.results: list[GenerationResult] = []
+
+    def _iterate(self, generator: Generator, prompts: Any, config: Any, kwargs: dict) -> Iterator[StreamEvent]:
+        state = generator.prefill(prompts, config, **kwargs)
+        yield from state.last_events
+        while not state.done:
+            yield from generator.decode_step(state)
+        self.results = generator._finish(state)
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self._events
+
+    def __next__(self) -> StreamEvent:
+        return next(self._events)
+
+    @property
+    def result(self) -> GenerationResult:
+        """The result of the first (or only) prompt; available once the stream is exhausted."""
+        if not self.results:
+            raise RuntimeError("the stream has not finished yet; iterate it to the end first")
+        return self.results[0]

@@ -1,0 +1,140 @@
+"""Turn one request into plain objects: the logits-processor chain, sampler, stopping criteria and cache.
+
+This runs once per request. The decode loop then calls the objects directly and
+never goes back to the registry or to pluggy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from genkit.caches.base import KVCache
+from genkit.errors import ConfigError, GenkitError, PluginError
+from genkit.registry import Registry
+from genkit.specs import LogitsProcessor, RequestContext, Sampler, StoppingCriterion
+
+logger = logging.getLogger("genkit")
+
+
+@dataclass
+class Plan:
+    """The components of one request, in the order the decode loop calls them.
+
+    ``stopping`` pairs each criterion with the finish reason it reports.
+    """
+
+    processors: list[LogitsProcessor]
+    sampler: Sampler
+    stopping: list[tuple[str, StoppingCriterion]]
+    cache: KVCache
+    context: RequestContext
+
+    def reset(self) -> None:
+        """Call ``reset()`` on every stateful component before a new prefill."""
+        for component in (*self.processors, self.sampler, *(c for _, c in self.stopping)):
+            reset = getattr(component, "reset", None)
+            if callable(reset):
+                reset()
+
+
+def default_sampler_name(config) -> str:
+    if config.sampler:
+        return config.sampler
+    if config.mirostat == 2:
+        return "mirostat_v2"
+    return "multinomial" if config.do_sample else "greedy"
+
+
+def _build(kind: str, name: str, plugin: str, build: Callable[..., Any], ctx: RequestContext, options: dict) -> Any:
+    """Call a plugin's build function, naming the plugin when it fails."""
+    try:
+        return build(ctx, **options)
+    except GenkitError:
+        raise
+    except TypeError as exc:
+        raise PluginError(
+            f"{kind} {name!r} from plugin {plugin!r} rejected options {sorted(options)}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise PluginError(f"{kind} {name!r} from plugin {plugin!r} failed to build: {type(exc).__name__}: {exc}") from exc
+
+
+def _split_entry(entry: Any, field_name: str) -> tuple[str | None, dict, Any]:
+    """Read one item of ``logits_processors``/``stopping_criteria``: a name, (name, options) or an instance."""
+    if isinstance(entry, str):
+        return entry, {}, None
+    if isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], dict):
+        return entry[0], dict(entry[1]), None
+    if callable(entry):
+        return None, {}, entry
+    raise ConfigError(
+        f"invalid {field_name} entry {entry!r}: expected a registered name, (name, options) or a callable object"
+    )
+
+
+def build_processors(registry: Registry, ctx: RequestContext) -> list[LogitsProcessor]:
+    config = ctx.config
+    chosen: dict[str, tuple[float, dict]] = {}
+    for name, registered in registry.processors.items():
+        if registered.spec.auto:
+            chosen[name] = (registered.spec.order, {})
+    instances: list[LogitsProcessor] = []
+    for entry in config.logits_processors:
+        name, options, instance = _split_entry(entry, "logits_processors")
+        if instance is not None:
+            instances.append(instance)
+            continue
+        registered = registry.lookup("processors", name)
+        chosen[name] = (registered.spec.order, options)
+
+    chain: list[LogitsProcessor] = []
+    for name, (_, options) in sorted(chosen.items(), key=lambda item: item[1][0]):
+        registered = registry.processors[name]
+        if registered.spec.sampling_only and not config.do_sample:
+            continue
+        processor = _build("logits processor", name, registered.plugin, registered.spec.build, ctx, options)
+        if processor is not None:
+            chain.append(processor)
+    # As in transformers, processors passed as objects run after the configured ones.
+    return chain + instances
+
+
+def build_stopping(registry: Registry, ctx: RequestContext) -> list[tuple[str, StoppingCriterion]]:
+    chosen: dict[str, tuple[float, dict]] = {}
+    for name, registered in registry.stopping_criteria.items():
+        if registered.spec.auto:
+            chosen[name] = (registered.spec.order, {})
+    instances = []
+    for entry in ctx.config.stopping_criteria:
+        name, options, instance = _split_entry(entry, "stopping_criteria")
+        if instance is not None:
+            instances.append((getattr(instance, "reason", None) or type(instance).__name__, instance))
+            continue
+        registered = registry.lookup("stopping_criteria", name)
+        chosen[name] = (registered.spec.order, options)
+
+    criteria = []
+    for name, (_, options) in sorted(chosen.items(), key=lambda item: item[1][0]):
+        registered = registry.stopping_criteria[name]
+        criterion = _build("stopping criterion", name, registered.plugin, registered.spec.build, ctx, options)
+        if criterion is not None:
+            criteria.append((getattr(criterion, "reason", None) or name, criterion))
+    return criteria + instances
+
+
+def build_plan(registry: Registry, ctx: RequestContext) -> Plan:
+    """Build every component of one request from the registry."""
+    config = ctx.config
+    processors = build_processors(registry, ctx)
+
+    sampler_name = default_sampler_name(config)
+    registered = registry.lookup("samplers", sampler_name)
+    sampler = _build("sampler", sampler_name, registered.plugin, registered.spec.build, ctx, config.sampler_options)
+
+    stopping = build_stopping(registry, ctx)
+
+    registered = registry.lookup("caches", config.cache)
+    cache = _build("KV cache", config.cache, registered.plugin, registered.spec.build, ctx, config.cache_options)
+    return Plan(processors, sampler, stopping, cache, ctx)
