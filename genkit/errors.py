@@ -38,3 +38,7 @@ class UnknownNameError(GenkitError, KeyError):
 
 class PluginError(GenkitError, RuntimeError):
     """A plugin failed to load, registered a name twice, or raised while building a component."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered a component under the same name."""

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import pluggy
 
 from genkit import hookspecs
-from genkit.errors import PluginError, UnknownNameError
+from genkit.errors import DuplicateNameError, PluginError, UnknownNameError
 from genkit.specs import CacheSpec, ModelSpec, ProcessorSpec, SamplerSpec, StoppingSpec
 
 logger = logging.getLogger("genkit")
@@ -32,6 +32,15 @@ KINDS: tuple[tuple[str, str, type, str], ...] = (
     ("caches", "register_kv_caches", CacheSpec, "name"),
     ("models", "register_models", ModelSpec, "model_type"),
 )
+
+LABELS = {
+    "processors": "logits processor",
+    "samplers": "sampler",
+    "stopping_criteria": "stopping criterion",
+    "caches": "KV cache",
+    "models": "model type",
+}
+
 
 @dataclass
 class PluginInfo:
@@ -89,14 +98,18 @@ class Registry:
         in which case :class:`PluginError` is raised. Two plugins registering one
         name always raise :class:`PluginError`.
         """
-        strict = strict_mode() if strict is None else strict
         registry = cls()
         if entry_points:
-            for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-                registry._load_entry_point(entry_point, strict)
+            registry.load_entry_points(strict)
         for name, plugin in plugins:
-            registry.add_plugin(plugin, name=name, strict=True)
+            registry.add_plugin(plugin, name=name)
         return registry
+
+    def load_entry_points(self, strict: bool | None = None) -> None:
+        """Load every plugin of the ``genkit`` entry-point group, in name order."""
+        strict = strict_mode() if strict is None else strict
+        for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            self._load_entry_point(entry_point, strict)
 
     def _load_entry_point(self, entry_point: importlib.metadata.EntryPoint, strict: bool) -> None:
         dist = entry_point.dist
@@ -108,10 +121,10 @@ class Registry:
             self._fail(f"{entry_point.name} = {entry_point.value}", dist_name, exc, strict)
             return
         try:
-            self.add_plugin(plugin, name=entry_point.name, distribution=dist_name, version=version, strict=strict)
-        except PluginError:
-            raise
-        except Exception as exc:
+            self.add_plugin(plugin, name=entry_point.name, distribution=dist_name, version=version)
+        except DuplicateNameError:
+            raise  # a name clash is an error even outside strict mode
+        except PluginError as exc:
             self._fail(f"{entry_point.name} = {entry_point.value}", dist_name, exc, strict)
 
     def _fail(self, entry_point: str, distribution: str | None, exc: BaseException, strict: bool) -> None:
@@ -128,9 +141,12 @@ class Registry:
         name: str,
         distribution: str | None = None,
         version: str | None = None,
-        strict: bool = True,
     ) -> PluginInfo:
-        """Register one plugin object and collect what its hooks register."""
+        """Register one plugin object and collect what its hooks register.
+
+        Raises :class:`PluginError` when a hook raises or a name is taken; the
+        registry is then left as it was before the call.
+        """
         if self.pm.has_plugin(name):
             raise PluginError(f"a plugin named {name!r} is already loaded; give the second one another name")
         self.pm.register(plugin, name=name)
@@ -167,12 +183,16 @@ class Registry:
         except Exception as exc:
             raise PluginError(f"plugin {plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}") from exc
 
-        names = []
+        names: list[str] = []
         for spec in collected:
             spec_name = getattr(spec, key)
+            if spec_name in names:
+                raise DuplicateNameError(
+                    f"plugin {plugin_name!r} registers {spec_class.__name__} name {spec_name!r} twice"
+                )
             if spec_name in table:
                 owner = table[spec_name].plugin
-                raise PluginError(
+                raise DuplicateNameError(
                     f"{spec_class.__name__} name {spec_name!r} is registered by both plugin {owner!r} "
                     f"and plugin {plugin_name!r}; uninstall one or rename its component"
                 )
@@ -193,7 +213,7 @@ class Registry:
         """Return the registered component ``name`` of ``kind`` or raise a listing error."""
         table: dict[str, Registered] = getattr(self, kind)
         if name not in table:
-            label = kind.replace("_", " ").rstrip("s")
+            label = LABELS.get(kind, kind)
             available = ", ".join(sorted(table)) or "none (are the genkit built-in plugins installed?)"
             raise UnknownNameError(f"unknown {label} {name!r}; available: {available}")
         return table[name]
