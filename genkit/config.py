@@ -29,6 +29,7 @@ class GenerationConfig:
     # Length.
     max_new_tokens: int | None = None
     max_length: int | None = None
+    min_length: int = 0
     min_new_tokens: int | None = None
     max_time: float | None = None
 
@@ -141,6 +142,7 @@ class GenerationConfig:
         """Raise :class:`ConfigError` naming the first field outside its allowed range."""
         _check_int(self, "max_new_tokens", minimum=1, optional=True)
         _check_int(self, "max_length", minimum=1, optional=True)
+        _check_int(self, "min_length", minimum=0)
         _check_int(self, "min_new_tokens", minimum=0, optional=True)
         _check_float(self, "max_time", low=0.0, low_open=True, optional=True)
         if not isinstance(self.do_sample, bool):

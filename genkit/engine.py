@@ -250,6 +250,7 @@ class Generator:
             dtype=self.loaded.dtype,
             eos_token_ids=tuple(eos),
             pad_token_id=pad,
+            padding_lengths=tuple(longest - len(ids) for ids in prompt_ids),
         )
 
     # ------------------------------------------------------------------ phases

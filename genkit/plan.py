@@ -89,16 +89,21 @@ def build_processors(registry: Registry, ctx: RequestContext) -> list[LogitsProc
         registered = registry.lookup("processors", name)
         chosen[name] = (registered.spec.order, options)
 
-    chain: list[LogitsProcessor] = []
+    # Sampling-only processors (temperature and the truncation warpers) are skipped
+    # when the sampler takes the argmax, as transformers skips them without do_sample.
+    sampling = default_sampler_name(config) != "greedy"
+    masks: list[LogitsProcessor] = []
+    warpers: list[LogitsProcessor] = []
     for name, (_, options) in sorted(chosen.items(), key=lambda item: item[1][0]):
         registered = registry.processors[name]
-        if registered.spec.sampling_only and not config.do_sample:
+        if registered.spec.sampling_only and not sampling:
             continue
         processor = _build("logits processor", name, registered.plugin, registered.spec.build, ctx, options)
         if processor is not None:
-            chain.append(processor)
-    # As in transformers, processors passed as objects run after the configured ones.
-    return chain + instances
+            (warpers if registered.spec.sampling_only else masks).append(processor)
+    # transformers places processors passed as objects after its own penalties and
+    # masks but before the sampling warpers; genkit does the same.
+    return masks + instances + warpers
 
 
 def build_stopping(registry: Registry, ctx: RequestContext) -> list[tuple[str, StoppingCriterion]]:

@@ -61,7 +61,9 @@ class RequestContext:
     """What a ``build`` function may read about the request besides its config.
 
     ``prompt_length`` is the padded prompt length, so ``input_ids[:, prompt_length:]``
-    are the generated tokens. ``max_length`` is the total length the cache must hold.
+    are the generated tokens. ``padding_lengths`` gives the number of left-padding
+    positions of each row (all zero unless prompts of different lengths are batched).
+    ``max_length`` is the total length the cache must hold.
     """
 
     config: GenerationConfig
@@ -74,7 +76,7 @@ class RequestContext:
     dtype: torch.dtype
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
-    prompt_texts: tuple[str, ...] = ()
+    padding_lengths: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
