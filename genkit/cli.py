@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -29,6 +30,8 @@ JSON_EXAMPLES = {
     "suppress_tokens": "'[198, 628]'",
     "logit_bias": "'{\"50256\": -100}'",
     "dry_sequence_breakers": "'[\"\\\\n\", \":\"]'",
+    "sampler_options": "'{\"tau\": 0.5}'",
+    "cache_options": "'{}'",
 }
 
 # (field, type, help). Every flag is the GenerationConfig field with dashes.
@@ -95,6 +98,10 @@ def add_generate_parser(subparsers) -> None:
                         metavar="NAME", help="add a registered logits processor by name; repeat for several")
     parser.add_argument("--stopping-criterion", dest="stopping_criteria", action="append", default=None,
                         metavar="NAME", help="add a registered stopping criterion by name; repeat for several")
+    parser.add_argument("--sampler-options", dest="sampler_options", type=_json_value("sampler_options"),
+                        default=None, help="options for the sampler's build function, as a JSON object")
+    parser.add_argument("--cache-options", dest="cache_options", type=_json_value("cache_options"),
+                        default=None, help="options for the KV cache's build function, as a JSON object")
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
     parser.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON object per token)")
     parser.set_defaults(handler=run_generate)
@@ -104,9 +111,12 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Collect the generation fields set on the command line (unset flags stay None)."""
     names = [name for name, _, _ in GENERATION_FLAGS] + [
         "do_sample", "eos_token_id", "stop_strings", "include_stop_str_in_output",
-        "logits_processors", "stopping_criteria",
+        "logits_processors", "stopping_criteria", "sampler_options", "cache_options",
     ]
     kwargs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    for name in ("sampler_options", "cache_options"):
+        if name in kwargs and not isinstance(kwargs[name], dict):
+            raise ConfigError(f"invalid {name}={kwargs[name]!r}: expected a JSON object, e.g. {JSON_EXAMPLES[name]}")
     if isinstance(kwargs.get("eos_token_id"), list) and len(kwargs["eos_token_id"]) == 1:
         kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
     if "logit_bias" in kwargs:
@@ -208,7 +218,11 @@ def run_plugins(args: argparse.Namespace) -> int:
         origin = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "added in code"
         print(f"{plugin.name} ({origin})")
         for kind, names in plugin.registered.items():
-            print(f"  {kind}: {', '.join(names)}")
+            print(f"  {kind}:")
+            table = getattr(registry, kind)
+            for name in names:
+                description = table[name].spec.description
+                print(f"    {name}" + (f": {description}" if description else ""))
     for failure in registry.failures:
         print(f"FAILED {failure.entry_point} ({failure.distribution}): {failure.error}")
     return 0
@@ -245,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `head`) closed stdout; silence the flush at interpreter exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -196,6 +196,12 @@ class GenerationConfig:
         _check_int(self, "seed", minimum=0, optional=True)
         if self.sampler is not None and not isinstance(self.sampler, str):
             _fail("sampler", self.sampler, "a registered sampler name such as 'multinomial'")
+        for name in ("sampler_options", "cache_options"):
+            if not isinstance(getattr(self, name), Mapping):
+                _fail(name, getattr(self, name), "a dict of options for the component's build function")
+        for name in ("logits_processors", "stopping_criteria"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                _fail(name, getattr(self, name), "a list of names, (name, options) pairs or objects")
         if not isinstance(self.cache, str) or not self.cache:
             _fail("cache", self.cache, "a registered KV cache name such as 'concat' or 'static'")
 

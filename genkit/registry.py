@@ -149,9 +149,13 @@ class Registry:
         """
         if self.pm.has_plugin(name):
             raise PluginError(f"a plugin named {name!r} is already loaded; give the second one another name")
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name!r} has an invalid hook implementation: {exc}") from exc
         info = PluginInfo(name=name, distribution=distribution, version=version)
         try:
+            self._check_hook_names(plugin, name)
             for attribute, hook_name, spec_class, key in KINDS:
                 names = self._collect(plugin, name, hook_name, spec_class, key, getattr(self, attribute))
                 if names:
@@ -161,6 +165,15 @@ class Registry:
             raise
         self.plugins.append(info)
         return info
+
+    def _check_hook_names(self, plugin: Any, plugin_name: str) -> None:
+        """Reject a ``@hookimpl`` function whose name matches no genkit hook (a typo would register nothing)."""
+        for impl in self.pm.get_hookcallers(plugin) or []:
+            if not impl.has_spec():
+                known = ", ".join(hook for _, hook, _, _ in KINDS)
+                raise PluginError(
+                    f"plugin {plugin_name!r} implements unknown hook {impl.name!r}; genkit's hooks are: {known}"
+                )
 
     def _collect(
         self, plugin: Any, plugin_name: str, hook_name: str, spec_class: type, key: str, table: dict[str, Registered]

@@ -11,7 +11,7 @@ float32 logits of the next position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import torch
@@ -77,7 +77,6 @@ class RequestContext:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     padding_lengths: tuple[int, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # Each build function receives the request context and the options given for that

@@ -1,9 +1,11 @@
 """Helpers for testing genkit plugins with real components.
 
->>> from genkit.testing import plugin_registered, run_processor, tiny_generator
+>>> from genkit.testing import plugin_registered, run_processor, run_sampler, tiny_generator
 >>> with plugin_registered(my_plugin_module) as registry:
 ...     gen = tiny_generator(registry=registry)
 ...     gen.generate("ab", logits_processors=["my_processor"], max_new_tokens=5)
+
+docs/plugins.md shows each helper at work.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ def plugin_registered(plugin: Any, name: str = "test_plugin", builtins: bool = T
     """Make ``plugin`` (a module or object with hook implementations) active for the ``with`` block.
 
     The yielded registry holds the installed plugins (when ``builtins``) plus
-    ``plugin``; it is also the process-wide default until the block ends.
+    ``plugin``; it is also the process-wide default until the block ends. When
+    ``plugin`` is a module that an installed entry point already loaded (the
+    plugin under test is pip-installed), it is kept once, under its entry-point
+    name, instead of failing as a second registration.
     """
-    registry = Registry.load(entry_points=builtins, plugins=[(name, plugin)], strict=True)
+    registry = Registry.load(entry_points=builtins, strict=True)
+    if not registry.pm.is_registered(plugin):
+        registry.add_plugin(plugin, name=name)
     previous = set_registry(registry)
     try:
         yield registry
@@ -93,25 +100,82 @@ def run_processor(
     scores: torch.Tensor,
     input_ids: torch.Tensor | None = None,
     registry: Registry | None = None,
+    processor_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """Apply a logits processor to ``scores`` (``(batch, vocab)``) and return the result.
 
-    ``processor`` is a processor object or a registered name; a name is built
-    through its plugin's ``build`` with ``options`` as generation config fields.
-    ``input_ids`` defaults to one token (id 0) per row.
+    ``processor`` is a processor object or a registered name (looked up in
+    ``registry``, default: the process-wide one). A name is built through its
+    plugin's ``build`` as the planner builds it: ``options`` become generation
+    config fields and ``processor_options`` the keyword arguments of ``build``,
+    as in a ``("name", {...})`` entry of ``logits_processors``. ``input_ids``
+    defaults to one token (id 0) per row. ``scores`` is copied first, so a
+    processor that writes in place leaves the caller's tensor unchanged.
     """
     scores = scores.float()
     batch, vocab = scores.shape
     if input_ids is None:
-        input_ids = torch.zeros(batch, 1, dtype=torch.long)
+        input_ids = torch.zeros(batch, 1, dtype=torch.long, device=scores.device)
     if isinstance(processor, str):
         from genkit.registry import get_registry
 
         spec = (registry or get_registry()).lookup("processors", processor).spec
         ctx = request_context(vocab_size=vocab, batch_size=batch, prompt_length=input_ids.shape[1], **options)
-        built = spec.build(ctx)
+        built = spec.build(ctx, **(processor_options or {}))
         if built is None:
-            raise ValueError(f"processor {processor!r} is off for options {options}; set its parameter")
+            raise ValueError(
+                f"processor {processor!r} is off for options {options} and processor_options {processor_options}; "
+                "set the parameter that turns it on"
+            )
         processor = built
+    elif options or processor_options:
+        raise TypeError(
+            f"run_processor got options {sorted({**options, **(processor_options or {})})} with a processor object; "
+            "options only apply when the processor is given by name, so configure the object instead"
+        )
     return processor(input_ids, scores.clone())
+
+
+def run_sampler(
+    sampler: Any,
+    scores: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    seed: int | None = None,
+    registry: Registry | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Draw one token per row of ``scores`` (``(batch, vocab)``) with a sampler and return the ``(batch,)`` tokens.
+
+    ``sampler`` is a sampler object or a registered name (looked up in
+    ``registry``, default: the process-wide one). A name is built as the planner
+    builds it, ``build(ctx, **sampler_options)`` with ``options`` as generation
+    config fields (``sampler_options={...}`` among them), and then reset. A
+    sampler object is called as it is, without a reset. ``seed`` seeds a fresh
+    ``torch.Generator`` on the device of ``scores``; None passes no generator,
+    so the sampler uses the global RNG. ``input_ids`` defaults to one token
+    (id 0) per row.
+    """
+    scores = scores.float()
+    batch, vocab = scores.shape
+    if input_ids is None:
+        input_ids = torch.zeros(batch, 1, dtype=torch.long, device=scores.device)
+    if isinstance(sampler, str):
+        from genkit.registry import get_registry
+
+        spec = (registry or get_registry()).lookup("samplers", sampler).spec
+        ctx = request_context(vocab_size=vocab, batch_size=batch, prompt_length=input_ids.shape[1], **options)
+        sampler = spec.build(ctx, **ctx.config.sampler_options)
+        reset = getattr(sampler, "reset", None)
+        if callable(reset):
+            reset()
+    elif options:
+        raise TypeError(
+            f"run_sampler got generation options {sorted(options)} with a sampler object; "
+            "options only apply when the sampler is given by name, so configure the object instead"
+        )
+
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=scores.device).manual_seed(seed)
+    return sampler(input_ids, scores.clone(), generator)

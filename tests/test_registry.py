@@ -218,3 +218,14 @@ def test_transformers_logits_processor_instance_runs_last():
     )
     assert banned not in result.token_ids
     assert torch.is_tensor(torch.tensor(result.token_ids))
+
+
+class _MisspelledHookPlugin:
+    @genkit.hookimpl
+    def register_sampler(self, register):  # missing the final "s"
+        register(SamplerSpec("never", lambda ctx: None))
+
+
+def test_misspelled_hook_is_error():
+    with pytest.raises(PluginError, match="unknown hook 'register_sampler'.*register_samplers"):
+        Registry.load(entry_points=False, plugins=[("typo", _MisspelledHookPlugin())])

@@ -30,7 +30,8 @@ class CausalLM(Protocol):
     ``input_ids`` and ``position_ids`` are ``(batch, new)``. ``padding_mask`` is
     ``(batch, past + new)`` with 0 at left padding, or None when nothing is padded.
     The model reads and writes keys and values only through ``cache.attend``.
-    Returns float logits ``(batch, new, vocab)``.
+    Returns float logits ``(batch, new, vocab)``, or ``(batch, 1, vocab)`` for the
+    last position when ``last_only`` is set (the engine's prefill needs no more).
     """
 
     shape: ModelShape
@@ -41,6 +42,7 @@ class CausalLM(Protocol):
         position_ids: torch.Tensor,
         cache: KVCache,
         padding_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor: ...
 
 

@@ -213,12 +213,14 @@ class GPT2(nn.Module):
         position_ids: torch.Tensor,
         cache: KVCache,
         padding_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Run ``input_ids`` (B, T) after the positions stored in ``cache``; return float32 logits (B, T, V).
 
         ``position_ids`` (B, T) must be below ``n_positions``; the caller checks that,
         because checking here would cost a device sync per step. ``padding_mask`` is
-        (B, past + T) with 0 at left padding, or None.
+        (B, past + T) with 0 at left padding, or None. ``last_only`` returns (B, 1, V)
+        for the last position only, which spares prefill the largest matmul.
         """
         B, T = input_ids.size()
 
@@ -229,6 +231,8 @@ class GPT2(nn.Module):
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, C)
         for block in self.h:
             x = block(x, cache, mask)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
         x = self.ln_f(x)
 
         logits = self.lm_head(x)  # (B, T, V)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from genkit.errors import CheckpointError, ModelNotFoundError
+from genkit.errors import CheckpointError, GenkitError, ModelNotFoundError, PluginError
 from genkit.models.base import LoadedModel
 
 logger = logging.getLogger("genkit")
@@ -204,7 +204,15 @@ def load_model(
         raise CheckpointError(f"{folder / 'config.json'} has no model_type; expected e.g. 'gpt2'")
     loader = registry.lookup("models", model_type)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    loaded = loader.spec.load(folder=folder, config=config, device=device, dtype=dtype)
+    try:
+        loaded = loader.spec.load(folder=folder, config=config, device=device, dtype=dtype)
+    except GenkitError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"model loader for {model_type!r} from plugin {loader.plugin!r} failed on {folder}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     loaded.name = name
     loaded.path = folder
     logger.info("loaded %s (%s) from %s", name, model_type, folder)
