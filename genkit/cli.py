@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from genkit.errors import ConfigError, GenkitError
 
@@ -38,6 +38,7 @@ JSON_EXAMPLES = {
 GENERATION_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("max_new_tokens", int, "maximum number of tokens to generate (default: the model's generation_config, else 20)"),
     ("max_length", int, "maximum total length, prompt included (max_new_tokens wins when both are set)"),
+    ("min_length", int, "mask EOS until the sequence, prompt included, has this many tokens"),
     ("min_new_tokens", int, "mask EOS until this many tokens are generated"),
     ("max_time", float, "stop after this many seconds"),
     ("temperature", float, "divide logits by this value before sampling (> 0)"),
@@ -127,8 +128,6 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kwargs["logit_bias"] = {int(k): v for k, v in bias.items()}
         except ValueError as exc:
             raise ConfigError(f"invalid logit_bias key: {exc}; keys must be token ids") from exc
-    if "sequence_bias" in kwargs and isinstance(kwargs["sequence_bias"], list):
-        kwargs["sequence_bias"] = [[list(ids), bias] for ids, bias in kwargs["sequence_bias"]]
     return kwargs
 
 
@@ -236,8 +235,15 @@ def add_train_toy_parser(subparsers) -> None:
     parser.set_defaults(handler=run_train_toy)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports a usage error as one ``genkit: error:`` line, like main() reports the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"genkit: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genkit", description="Plugin-based text generation with PyTorch")
+    parser = _Parser(prog="genkit", description="Plugin-based text generation with PyTorch")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(subparsers)

@@ -185,6 +185,9 @@ class GenerationConfig:
         _check_float(self, "dry_base", low=1.0, low_open=True)
         _check_int(self, "dry_allowed_length", minimum=1)
         _check_int(self, "dry_penalty_last_n", minimum=-1)
+        breakers = self.dry_sequence_breakers
+        if not isinstance(breakers, (list, tuple)) or not all(isinstance(b, str) and b for b in breakers):
+            _fail("dry_sequence_breakers", breakers, 'a list of non-empty strings, e.g. ["\\n", ":"]')
 
         if self.eos_token_id is not None:
             ids = [self.eos_token_id] if _is_int(self.eos_token_id) else self.eos_token_id
@@ -213,6 +216,33 @@ class GenerationConfig:
         return data
 
 
+# transformers GenerationConfig fields that genkit does not implement, each with the
+# value that leaves the output unchanged. Ignoring any other value would silently
+# generate something else, so a transformers config that sets one is rejected.
+TRANSFORMERS_ONLY_FIELDS: dict[str, Any] = {
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "num_return_sequences": 1,
+    "penalty_alpha": None,
+    "diversity_penalty": 0.0,
+    "guidance_scale": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "begin_suppress_tokens": None,
+    "exponential_decay_length_penalty": None,
+    "top_h": None,
+    "constraints": None,
+    "force_words_ids": None,
+    "watermarking_config": None,
+    "token_healing": False,
+    "dola_layers": None,
+}
+
+
 def _config_values(config: Any, names: set[str]) -> dict[str, Any]:
     if config is None:
         return {}
@@ -222,6 +252,13 @@ def _config_values(config: Any, names: set[str]) -> dict[str, Any]:
         raw = dict(config)
     elif hasattr(config, "to_dict"):  # transformers.GenerationConfig
         raw = config.to_dict()
+        for key, neutral in TRANSFORMERS_ONLY_FIELDS.items():
+            value = raw.get(key)
+            if value is not None and value != neutral:
+                raise ConfigError(
+                    f"the transformers GenerationConfig sets {key}={value!r}, which genkit does not implement; "
+                    f"remove it or set it to {neutral!r}"
+                )
     else:
         raise ConfigError(
             f"config of type {type(config).__name__} is not supported; "

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor as HFLogitsProcessor
 
+from genkit.errors import ConfigError
 from genkit.registry import Registry, get_registry
 from genkit.specs import RequestContext
 
@@ -44,19 +45,38 @@ def to_transformers(
     built with ``context`` (needed by processors that read the prompt length, the
     EOS ids or the tokenizer) and ``options``. Processors that keep per-request
     state must be wrapped anew for each ``generate`` call.
+
+    Raises :class:`~genkit.errors.ConfigError` when a name comes without a context or
+    the context's config leaves the processor off, and ``TypeError`` when an object
+    comes with a context or options, which only a build by name would use.
     """
-    if isinstance(processor, str):
-        if context is None:
-            raise ValueError(
-                f"building processor {processor!r} by name needs a RequestContext; "
-                "make one with genkit.testing.request_context(vocab_size=..., **config)"
+    if not isinstance(processor, str):
+        if context is not None or options:
+            ignored = sorted(options) + (["context"] if context is not None else [])
+            raise TypeError(
+                f"to_transformers got {', '.join(ignored)} with a processor object; they only apply when "
+                "the processor is given by its registered name, so configure the object instead"
             )
-        spec = (registry or get_registry()).lookup("processors", processor).spec
-        built = spec.build(context, **options)
-        if built is None:
-            raise ValueError(
-                f"processor {processor!r} is off for this config; set its parameter "
-                f"(e.g. {processor}=...) in the context's config"
+        if not callable(processor):
+            raise TypeError(
+                f"to_transformers expects a logits processor (a callable taking input_ids and scores) "
+                f"or a registered processor name, not {processor!r}"
             )
-        processor = built
-    return TransformersLogitsProcessor(processor)
+        return TransformersLogitsProcessor(processor)
+
+    if context is None:
+        raise ConfigError(
+            f"building processor {processor!r} by name needs a RequestContext; "
+            "make one with genkit.testing.request_context(vocab_size=..., **config)"
+        )
+    # NOTE: a wrapped processor never sees the attention mask of transformers'
+    # generate(). For a left-padded batch, set padding_lengths in the context, or the
+    # repetition penalty and DRY count the padding tokens.
+    spec = (registry or get_registry()).lookup("processors", processor).spec
+    built = spec.build(context, **options)
+    if built is None:
+        raise ConfigError(
+            f"processor {processor!r} is off for this config; set its parameter "
+            f"(e.g. {processor}=...) in the context's config or pass it as an option"
+        )
+    return TransformersLogitsProcessor(built)

@@ -6,6 +6,7 @@ never goes back to the registry or to pluggy.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -106,6 +107,30 @@ def build_processors(registry: Registry, ctx: RequestContext) -> list[LogitsProc
     return masks + instances + warpers
 
 
+class _PositionalCriterion:
+    """Call a criterion with ``(input_ids, scores)`` only, as transformers' loop does.
+
+    transformers criteria written without ``**kwargs`` reject the ``texts=`` and
+    ``detokenizers=`` keywords that genkit's engine passes.
+    """
+
+    def __init__(self, criterion: Any):
+        self.criterion = criterion
+        self.reset = getattr(criterion, "reset", None)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.criterion(input_ids, scores)
+
+
+def _takes_engine_keywords(criterion: Any) -> bool:
+    try:
+        parameters = inspect.signature(criterion).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    names = {p.name for p in parameters}
+    return any(p.kind is p.VAR_KEYWORD for p in parameters) or {"texts", "detokenizers"} <= names
+
+
 def build_stopping(registry: Registry, ctx: RequestContext) -> list[tuple[str, StoppingCriterion]]:
     chosen: dict[str, tuple[float, dict]] = {}
     for name, registered in registry.stopping_criteria.items():
@@ -115,7 +140,10 @@ def build_stopping(registry: Registry, ctx: RequestContext) -> list[tuple[str, S
     for entry in ctx.config.stopping_criteria:
         name, options, instance = _split_entry(entry, "stopping_criteria")
         if instance is not None:
-            instances.append((getattr(instance, "reason", None) or type(instance).__name__, instance))
+            reason = getattr(instance, "reason", None) or type(instance).__name__
+            if not _takes_engine_keywords(instance):
+                instance = _PositionalCriterion(instance)
+            instances.append((reason, instance))
             continue
         registered = registry.lookup("stopping_criteria", name)
         chosen[name] = (registered.spec.order, options)
