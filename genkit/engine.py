@@ -311,7 +311,7 @@ class Generator:
 
         synchronize(device)
         prefill_start = time.perf_counter()
-        logits = self.model(input_ids, position_ids, plan.cache, padding_mask)  # (B, T, V)
+        logits = self.model(input_ids, position_ids, plan.cache, padding_mask, last_only=True)  # (B, 1, V)
         state.last_events = self._select_next(state, logits[:, -1, :])
         synchronize(device)
         now = time.perf_counter()

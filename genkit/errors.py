@@ -24,6 +24,10 @@ class ModelNotFoundError(GenkitError, FileNotFoundError):
     """A model path or hub id could not be resolved to a checkpoint folder."""
 
 
+class CorpusNotFoundError(GenkitError, FileNotFoundError):
+    """The text file given to train the toy model does not exist."""
+
+
 class CheckpointError(GenkitError, ValueError):
     """A checkpoint folder is incomplete or one of its files is unreadable."""
 

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from genkit.config import GenerationConfig
-from genkit.errors import ConfigError, GenkitError
+from genkit.errors import ConfigError, CorpusNotFoundError
 from genkit.models.loading import SAFETENSORS_FILE
 from genkit.models.tokenizer import CHAR_TOKENIZER_FILE, CharTokenizer
 from genkit.models.toy import MODEL_TYPE, ToyConfig, ToyGPT, save_toy
@@ -70,10 +70,6 @@ def default_generation_defaults(block_size: int) -> dict[str, Any]:
 
 # The files save_toy writes; an out_dir that contains only these may be overwritten.
 CHECKPOINT_FILES = frozenset({SAFETENSORS_FILE, "config.json", CHAR_TOKENIZER_FILE, "generation_config.json"})
-
-
-class CorpusNotFoundError(GenkitError, FileNotFoundError):
-    """The training corpus file does not exist."""
 
 
 @dataclass

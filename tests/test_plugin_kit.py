@@ -17,7 +17,7 @@ import torch
 import genkit
 from genkit import hookspecs
 from genkit.caches.concat import ConcatKVCache
-from genkit.errors import ConfigError, DuplicateNameError, PluginError
+from genkit.errors import ConfigError, DuplicateNameError
 from genkit.models.base import LoadedModel
 from genkit.models.tokenizer import CharTokenizer
 from genkit.models.toy import ToyConfig, ToyGPT

@@ -171,6 +171,6 @@ class _ByteVocabModel(torch.nn.Module):
         base = toy.shape
         self.shape = ModelShape(base.n_layers, base.n_heads, base.head_dim, vocab_size, base.max_positions)
 
-    def forward(self, input_ids, position_ids, cache, padding_mask=None):
-        logits = self.toy(input_ids % self.toy.shape.vocab_size, position_ids, cache, padding_mask)
+    def forward(self, input_ids, position_ids, cache, padding_mask=None, last_only=False):
+        logits = self.toy(input_ids % self.toy.shape.vocab_size, position_ids, cache, padding_mask, last_only)
         return logits.repeat(1, 1, self.vocab_size // logits.shape[-1] + 1)[..., : self.vocab_size]

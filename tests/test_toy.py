@@ -17,7 +17,8 @@ from genkit.errors import CheckpointError, ConfigError, GenkitError
 from genkit.models.loading import DEFAULT_MODEL, load_model
 from genkit.models.tokenizer import CharTokenizer
 from genkit.models.toy import ToyConfig, ToyGPT, load_toy, save_toy
-from genkit.training import DEFAULT_CORPUS, CorpusNotFoundError, train_toy
+from genkit.errors import CorpusNotFoundError
+from genkit.training import DEFAULT_CORPUS, train_toy
 
 CORPUS = (
     "Shall I compare thee to a summer's day?\n"

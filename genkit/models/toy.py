@@ -173,12 +173,14 @@ class ToyGPT(nn.Module):
         position_ids: torch.Tensor,
         cache: KVCache,
         padding_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Run ``input_ids`` (B, T) at ``position_ids`` (B, T) and return logits (B, T, V).
 
         ``cache`` holds the keys and values of earlier positions and receives this
         pass's. ``padding_mask`` is (B, S) with 0 at left padding, or None.
         Positions must be below ``n_positions``; the caller checks that.
+        ``last_only`` returns logits (B, 1, V) of the last position only.
         """
         T = input_ids.shape[1]
         # One mask for all layers, built before any layer adds to the cache.
@@ -188,6 +190,8 @@ class ToyGPT(nn.Module):
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, cache, mask)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C): prefill needs only the next token's logits
         x = self.ln_f(x)  # (B, T, C)
         return self.lm_head(x)  # (B, T, V)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from genkit.hookspecs import hookimpl
 from genkit.specs import ProcessorSpec, RequestContext
