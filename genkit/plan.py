@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from genkit.caches.base import KVCache
@@ -31,6 +31,7 @@ class Plan:
     stopping: list[tuple[str, StoppingCriterion]]
     cache: KVCache
     context: RequestContext
+    processor_names: list[str] = field(default_factory=list)
 
     def reset(self) -> None:
         """Call ``reset()`` on every stateful component before a new prefill."""
@@ -75,36 +76,50 @@ def _split_entry(entry: Any, field_name: str) -> tuple[str | None, dict, Any]:
     )
 
 
-def build_processors(registry: Registry, ctx: RequestContext) -> list[LogitsProcessor]:
-    config = ctx.config
-    chosen: dict[str, tuple[float, dict]] = {}
-    for name, registered in registry.processors.items():
-        if registered.spec.auto:
-            chosen[name] = (registered.spec.order, {})
-    instances: list[LogitsProcessor] = []
-    for entry in config.logits_processors:
-        name, options, instance = _split_entry(entry, "logits_processors")
+def _choose(registry: Registry, kind: str, entries: list[Any], field_name: str) -> tuple[list, list]:
+    """Split a request's component list into registered (name, options) pairs, in chain order, and objects.
+
+    Every ``auto`` spec of ``kind`` is included; a named entry adds its spec or
+    replaces the auto entry's options. Ties in ``order`` keep registration order.
+    """
+    table = getattr(registry, kind)
+    chosen: dict[str, dict] = {name: {} for name, registered in table.items() if registered.spec.auto}
+    instances: list[Any] = []
+    for entry in entries:
+        name, options, instance = _split_entry(entry, field_name)
         if instance is not None:
             instances.append(instance)
             continue
-        registered = registry.lookup("processors", name)
-        chosen[name] = (registered.spec.order, options)
+        registry.lookup(kind, name)
+        chosen[name] = options
+    ordered = sorted(chosen.items(), key=lambda item: table[item[0]].spec.order)
+    return ordered, instances
+
+
+def build_processors(registry: Registry, ctx: RequestContext) -> list[tuple[str, LogitsProcessor]]:
+    """Build the logits-processor chain of a request as (name, processor) pairs, in call order.
+
+    A processor passed as an object is named after its class.
+    """
+    config = ctx.config
+    ordered, instances = _choose(registry, "processors", config.logits_processors, "logits_processors")
 
     # Sampling-only processors (temperature and the truncation warpers) are skipped
     # when the sampler takes the argmax, as transformers skips them without do_sample.
     sampling = default_sampler_name(config) != "greedy"
-    masks: list[LogitsProcessor] = []
-    warpers: list[LogitsProcessor] = []
-    for name, (_, options) in sorted(chosen.items(), key=lambda item: item[1][0]):
+    masks: list[tuple[str, LogitsProcessor]] = []
+    warpers: list[tuple[str, LogitsProcessor]] = []
+    for name, options in ordered:
         registered = registry.processors[name]
         if registered.spec.sampling_only and not sampling:
             continue
         processor = _build("logits processor", name, registered.plugin, registered.spec.build, ctx, options)
         if processor is not None:
-            (warpers if registered.spec.sampling_only else masks).append(processor)
+            (warpers if registered.spec.sampling_only else masks).append((name, processor))
     # transformers places processors passed as objects after its own penalties and
     # masks but before the sampling warpers; genkit does the same.
-    return masks + instances + warpers
+    named_instances = [(type(instance).__name__, instance) for instance in instances]
+    return masks + named_instances + warpers
 
 
 class _PositionalCriterion:
@@ -132,35 +147,28 @@ def _takes_engine_keywords(criterion: Any) -> bool:
 
 
 def build_stopping(registry: Registry, ctx: RequestContext) -> list[tuple[str, StoppingCriterion]]:
-    chosen: dict[str, tuple[float, dict]] = {}
-    for name, registered in registry.stopping_criteria.items():
-        if registered.spec.auto:
-            chosen[name] = (registered.spec.order, {})
-    instances = []
-    for entry in ctx.config.stopping_criteria:
-        name, options, instance = _split_entry(entry, "stopping_criteria")
-        if instance is not None:
-            reason = getattr(instance, "reason", None) or type(instance).__name__
-            if not _takes_engine_keywords(instance):
-                instance = _PositionalCriterion(instance)
-            instances.append((reason, instance))
-            continue
-        registered = registry.lookup("stopping_criteria", name)
-        chosen[name] = (registered.spec.order, options)
+    ordered, instances = _choose(registry, "stopping_criteria", ctx.config.stopping_criteria, "stopping_criteria")
 
     criteria = []
-    for name, (_, options) in sorted(chosen.items(), key=lambda item: item[1][0]):
+    for name, options in ordered:
         registered = registry.stopping_criteria[name]
         criterion = _build("stopping criterion", name, registered.plugin, registered.spec.build, ctx, options)
         if criterion is not None:
             criteria.append((getattr(criterion, "reason", None) or name, criterion))
-    return criteria + instances
+
+    # Objects run after the registered criteria; transformers criteria may lack **kwargs.
+    for instance in instances:
+        reason = getattr(instance, "reason", None) or type(instance).__name__
+        if not _takes_engine_keywords(instance):
+            instance = _PositionalCriterion(instance)
+        criteria.append((reason, instance))
+    return criteria
 
 
 def build_plan(registry: Registry, ctx: RequestContext) -> Plan:
     """Build every component of one request from the registry."""
     config = ctx.config
-    processors = build_processors(registry, ctx)
+    named_processors = build_processors(registry, ctx)
 
     sampler_name = default_sampler_name(config)
     registered = registry.lookup("samplers", sampler_name)
@@ -170,4 +178,6 @@ def build_plan(registry: Registry, ctx: RequestContext) -> Plan:
 
     registered = registry.lookup("caches", config.cache)
     cache = _build("KV cache", config.cache, registered.plugin, registered.spec.build, ctx, config.cache_options)
-    return Plan(processors, sampler, stopping, cache, ctx)
+    processors = [processor for _, processor in named_processors]
+    names = [name for name, _ in named_processors]
+    return Plan(processors, sampler, stopping, cache, ctx, names)

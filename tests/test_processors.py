@@ -25,6 +25,7 @@ from genkit.config import GenerationConfig
 from genkit.errors import ConfigError
 from genkit.models.base import ModelShape
 from genkit.models.tokenizer import CharTokenizer, load_tokenizer
+from genkit.plan import build_processors
 from genkit.registry import Registry
 from genkit.specs import RequestContext
 from genkit_builtins.constraints import (
@@ -615,16 +616,8 @@ def make_context(config: GenerationConfig, padding: list[int] | None = None) -> 
 
 
 def build_chain(registry: Registry, ctx: RequestContext) -> list[tuple[str, object]]:
-    """Build the auto processors in ascending order, as the planner does."""
-    chain = []
-    for name, registered in sorted(registry.processors.items(), key=lambda item: item[1].spec.order):
-        spec = registered.spec
-        if not spec.auto or (spec.sampling_only and not ctx.config.do_sample):
-            continue
-        processor = spec.build(ctx)
-        if processor is not None:
-            chain.append((name, processor))
-    return chain
+    """Build the request's processor chain with the planner, as (name, processor) pairs."""
+    return build_processors(registry, ctx)
 
 
 def transformers_chain(model: GPT2LMHeadModel, fields: dict, padding: list[int]) -> list:
