@@ -203,7 +203,16 @@ def run_plugins(args: argparse.Namespace) -> int:
     if args.json:
         payload = {
             "plugins": [
-                {"name": p.name, "distribution": p.distribution, "version": p.version, "registered": p.registered}
+                {
+                    "name": p.name,
+                    "distribution": p.distribution,
+                    "version": p.version,
+                    "registered": p.registered,
+                    "descriptions": {
+                        kind: {name: getattr(registry, kind)[name].spec.description for name in names}
+                        for kind, names in p.registered.items()
+                    },
+                }
                 for p in registry.plugins
             ],
             "failures": [

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -96,12 +97,12 @@ class GenerationConfig:
         in ``generation_config.json`` (``transformers_version``, ...) are ignored.
         """
         names = set(cls.field_names())
-        values: dict[str, Any] = {}
-        for key, value in (model_defaults or {}).items():
-            if key in names and value is not None:
-                values[key] = value
-
-        values.update(_config_values(config, names))
+        defaults = {k: _plain(v) for k, v in (model_defaults or {}).items() if k in names and v is not None}
+        if defaults:
+            try:
+                cls(**defaults).validate()
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (set in the checkpoint's generation_config.json; fix that file)") from exc
 
         unknown = sorted(set(overrides) - names)
         if unknown:
@@ -113,7 +114,14 @@ class GenerationConfig:
                 f"unknown generation parameter {', '.join(hints)}; "
                 "see GenerationConfig.field_names() for the accepted names"
             )
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        request = _config_values(config, names)
+        request.update({k: _plain(v) for k, v in overrides.items() if v is not None})
+
+        # A length set by the request wins over any length the checkpoint sets:
+        # max_length alone from the request replaces the checkpoint's max_new_tokens.
+        if "max_length" in request and "max_new_tokens" not in request:
+            defaults.pop("max_new_tokens", None)
+        values = {**defaults, **request}
 
         result = cls(**values)
         result.validate()
@@ -197,6 +205,8 @@ class GenerationConfig:
             if not isinstance(stop, str) or not stop:
                 _fail("stop_strings", stop, "non-empty strings")
         _check_int(self, "seed", minimum=0, optional=True)
+        if self.seed is not None and self.seed >= 2**64:
+            _fail("seed", self.seed, "an integer in [0, 2**64)")
         if self.sampler is not None and not isinstance(self.sampler, str):
             _fail("sampler", self.sampler, "a registered sampler name such as 'multinomial'")
         for name in ("sampler_options", "cache_options"):
@@ -247,11 +257,15 @@ def _config_values(config: Any, names: set[str]) -> dict[str, Any]:
     if config is None:
         return {}
     if isinstance(config, GenerationConfig):
-        return dataclasses.asdict(config)
+        # Only the fields set away from their defaults, so the checkpoint's defaults still apply.
+        blank = GenerationConfig()
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if getattr(config, f.name) != getattr(blank, f.name)}
     if isinstance(config, Mapping):
         raw = dict(config)
     elif hasattr(config, "to_dict"):  # transformers.GenerationConfig
-        raw = config.to_dict()
+        # to_diff_dict keeps only the fields set away from transformers' defaults.
+        raw = config.to_diff_dict() if hasattr(config, "to_diff_dict") else config.to_dict()
         for key, neutral in TRANSFORMERS_ONLY_FIELDS.items():
             value = raw.get(key)
             if value is not None and value != neutral:
@@ -265,6 +279,17 @@ def _config_values(config: Any, names: set[str]) -> dict[str, Any]:
             "pass a genkit GenerationConfig, a transformers.GenerationConfig or a dict"
         )
     return {k: v for k, v in raw.items() if k in names and v is not None}
+
+
+def _plain(value: Any) -> Any:
+    """Turn NumPy and other non-builtin scalars into int or float, so checks and JSON output see builtins."""
+    if isinstance(value, bool) or isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def _fail(name: str, value: Any, expected: str) -> None:
@@ -302,7 +327,7 @@ def _check_float(
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
     expected = f"a number in {left}{low}, {high if high is not None else 'inf'}{right}"
-    if not _is_number(value) or math.isnan(value):
+    if not _is_number(value) or not math.isfinite(value):
         _fail(name, value, expected)
     too_low = value <= low if low_open else value < low
     too_high = high is not None and (value >= high if high_open else value > high)

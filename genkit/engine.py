@@ -9,6 +9,7 @@ thin loops over those two phases.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,8 @@ import torch
 
 from genkit.config import GenerationConfig
 from genkit.detokenizer import IncrementalDetokenizer
-from genkit.errors import ConfigError, PromptError
+from genkit.devices import resolve_device
+from genkit.errors import ConfigError, GenerationError, PromptError
 from genkit.models.base import LoadedModel
 from genkit.plan import Plan, build_plan
 from genkit.registry import Registry, get_registry
@@ -167,6 +169,7 @@ class Generator:
         from genkit.models.loading import load_model
 
         registry = registry or get_registry()
+        device = resolve_device(device)
         return cls(load_model(name_or_path, device=device, dtype=dtype, registry=registry), registry)
 
     @property
@@ -179,24 +182,39 @@ class Generator:
         """Merge the checkpoint's generation defaults, ``config`` and keyword overrides."""
         return GenerationConfig.build(self.loaded.generation_defaults, config, **kwargs)
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
+    def encode_prompt(self, prompt: Prompt, label: str = "prompt") -> list[int]:
+        """Turn text or token ids into a checked list of token ids; ``label`` names the prompt in errors."""
         if isinstance(prompt, str):
             if not prompt:
-                raise PromptError("empty prompt: pass at least one character of text")
+                raise PromptError(f"empty {label}: pass at least one character of text")
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise PromptError(
+                    f"{label} is not valid UTF-8 text (undecodable byte at position {exc.start}); "
+                    "pass UTF-8 encoded text"
+                ) from exc
             ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, torch.Tensor):
             if prompt.dim() != 1:
-                raise PromptError(f"prompt tensor has shape {tuple(prompt.shape)}; expected one dimension of token ids")
+                raise PromptError(
+                    f"{label} tensor has shape {tuple(prompt.shape)}; expected one dimension of token ids"
+                )
             ids = prompt.tolist()
         else:
             ids = list(prompt)
         if not ids:
-            raise PromptError("empty prompt: it encodes to no tokens; pass non-empty text or token ids")
+            raise PromptError(f"empty {label}: it encodes to no tokens; pass non-empty text or token ids")
+
         vocab_size = self.loaded.shape.vocab_size
-        bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab_size]
-        if bad:
-            raise PromptError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab_size})")
-        return ids
+        checked = []
+        for token in ids:
+            if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+                raise PromptError(f"{label} token id {token!r} is not an integer; pass integer token ids")
+            if not 0 <= token < vocab_size:
+                raise PromptError(f"{label} token id {token!r} is outside the vocabulary [0, {vocab_size})")
+            checked.append(int(token))
+        return checked
 
     def _context(self, config: GenerationConfig, prompt_ids: list[list[int]]) -> RequestContext:
         shape = self.loaded.shape
@@ -238,6 +256,8 @@ class Generator:
             if token >= shape.vocab_size:
                 raise ConfigError(f"invalid eos_token_id={token}: the vocabulary has {shape.vocab_size} tokens")
         pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
+        if pad >= shape.vocab_size:
+            raise ConfigError(f"invalid pad_token_id={pad}: the vocabulary has {shape.vocab_size} tokens")
 
         return RequestContext(
             config=config,
@@ -264,7 +284,10 @@ class Generator:
         if len(prompts) == 0:
             raise PromptError("no prompts given: pass at least one prompt")
         config = self.make_config(config, **kwargs)
-        prompt_ids = [self.encode_prompt(p) for p in prompts]
+        if len(prompts) == 1:
+            prompt_ids = [self.encode_prompt(prompts[0])]
+        else:
+            prompt_ids = [self.encode_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
         ctx = self._context(config, prompt_ids)
         plan = build_plan(self.registry, ctx)
         plan.reset()
@@ -349,7 +372,14 @@ class Generator:
         scores = logits.float()  # (B, V)
         for processor in plan.processors:
             scores = processor(state.input_ids, scores)
-        tokens = plan.sampler(state.input_ids, scores, state.generator)  # (B,)
+        try:
+            tokens = plan.sampler(state.input_ids, scores, state.generator)  # (B,)
+        except RuntimeError as exc:
+            # torch.multinomial rejects rows whose probabilities are all zero or NaN.
+            raise GenerationError(
+                f"sampler failed: {exc}. Every token may be masked: relax suppress_tokens, bad_words_ids, "
+                "min_p/top_p/typical_p or the biases"
+            ) from exc
 
         # Finished rows keep receiving the pad token, as in transformers, so the batch stays rectangular.
         was_finished = state.finished.clone()

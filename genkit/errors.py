@@ -46,3 +46,7 @@ class PluginError(GenkitError, RuntimeError):
 
 class DuplicateNameError(PluginError):
     """Two plugins registered a component under the same name."""
+
+
+class GenerationError(GenkitError, RuntimeError):
+    """Generation could not continue, e.g. every token was masked before sampling."""

@@ -63,6 +63,11 @@ def _build(kind: str, name: str, plugin: str, build: Callable[..., Any], ctx: Re
         raise PluginError(f"{kind} {name!r} from plugin {plugin!r} failed to build: {type(exc).__name__}: {exc}") from exc
 
 
+def _require_callable(component: Any, kind: str, name: str, plugin: str) -> None:
+    if not callable(component):
+        raise PluginError(f"{kind} {name!r} from plugin {plugin!r} built {component!r}; expected a callable object")
+
+
 def _split_entry(entry: Any, field_name: str) -> tuple[str | None, dict, Any]:
     """Read one item of ``logits_processors``/``stopping_criteria``: a name, (name, options) or an instance."""
     if isinstance(entry, str):
@@ -115,6 +120,7 @@ def build_processors(registry: Registry, ctx: RequestContext) -> list[tuple[str,
             continue
         processor = _build("logits processor", name, registered.plugin, registered.spec.build, ctx, options)
         if processor is not None:
+            _require_callable(processor, "logits processor", name, registered.plugin)
             (warpers if registered.spec.sampling_only else masks).append((name, processor))
     # transformers places processors passed as objects after its own penalties and
     # masks but before the sampling warpers; genkit does the same.
@@ -154,6 +160,7 @@ def build_stopping(registry: Registry, ctx: RequestContext) -> list[tuple[str, S
         registered = registry.stopping_criteria[name]
         criterion = _build("stopping criterion", name, registered.plugin, registered.spec.build, ctx, options)
         if criterion is not None:
+            _require_callable(criterion, "stopping criterion", name, registered.plugin)
             criteria.append((getattr(criterion, "reason", None) or name, criterion))
 
     # Objects run after the registered criteria; transformers criteria may lack **kwargs.
@@ -173,11 +180,17 @@ def build_plan(registry: Registry, ctx: RequestContext) -> Plan:
     sampler_name = default_sampler_name(config)
     registered = registry.lookup("samplers", sampler_name)
     sampler = _build("sampler", sampler_name, registered.plugin, registered.spec.build, ctx, config.sampler_options)
+    _require_callable(sampler, "sampler", sampler_name, registered.plugin)
 
     stopping = build_stopping(registry, ctx)
 
     registered = registry.lookup("caches", config.cache)
     cache = _build("KV cache", config.cache, registered.plugin, registered.spec.build, ctx, config.cache_options)
+    if not isinstance(cache, KVCache):
+        raise PluginError(
+            f"KV cache {config.cache!r} from plugin {registered.plugin!r} built {cache!r}; "
+            "expected a genkit.caches.KVCache instance"
+        )
     processors = [processor for _, processor in named_processors]
     names = [name for name, _ in named_processors]
     return Plan(processors, sampler, stopping, cache, ctx, names)

@@ -117,7 +117,7 @@ class Registry:
         version = dist.version if dist is not None else None
         try:
             plugin = entry_point.load()
-        except Exception as exc:  # any import-time error of third-party code
+        except (Exception, SystemExit) as exc:  # any import-time failure of third-party code, sys.exit included
             self._fail(f"{entry_point.name} = {entry_point.value}", dist_name, exc, strict)
             return
         try:

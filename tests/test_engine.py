@@ -209,3 +209,89 @@ def test_generation_defaults_from_checkpoint(generator, monkeypatch):
     monkeypatch.setattr(generator.loaded, "generation_defaults", {"max_new_tokens": 3, "transformers_version": "x"})
     assert len(generator.generate("to be").token_ids) == 3
     assert len(generator.generate("to be", max_new_tokens=5).token_ids) == 5
+
+
+def test_request_max_length_beats_checkpoint_max_new_tokens(generator, monkeypatch):
+    monkeypatch.setattr(generator.loaded, "generation_defaults", {"max_new_tokens": 30})
+    result = generator.generate("to be", max_length=8)
+    assert len(result.token_ids) == 8 - 5
+    with pytest.raises(ConfigError, match="max_length=3"):
+        generator.generate("to be", max_length=3)
+
+
+def test_checkpoint_default_error_names_file(generator, monkeypatch):
+    monkeypatch.setattr(generator.loaded, "generation_defaults", {"top_k": -5})
+    with pytest.raises(ConfigError, match="top_k=-5.*generation_config.json"):
+        generator.generate("to be")
+
+
+def test_genkit_config_keeps_checkpoint_defaults(generator, monkeypatch):
+    from genkit import GenerationConfig
+
+    monkeypatch.setattr(generator.loaded, "generation_defaults", {"max_new_tokens": 4})
+    result = generator.generate("to be", GenerationConfig(do_sample=True, seed=1))
+    assert len(result.token_ids) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"seed": 2**64}, "seed=18446744073709551616"),
+        ({"do_sample": True, "temperature": float("inf")}, "temperature=inf"),
+        ({"top_p": float("nan")}, "top_p=nan"),
+    ],
+)
+def test_out_of_range_values_raise(generator, kwargs, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        generator.generate("to be", **kwargs)
+
+
+def test_pad_token_outside_vocabulary(generator):
+    with pytest.raises(ConfigError, match="pad_token_id=999"):
+        generator.generate_batch(["to be", "a"], pad_token_id=999)
+
+
+def test_numpy_scalars_accepted(generator):
+    import numpy as np
+
+    result = generator.generate(np.array([5, 6, 7]), max_new_tokens=np.int64(3), top_p=np.float32(0.5))
+    assert len(result.token_ids) == 3
+    assert type(result.token_ids[0]) is int
+
+
+def test_non_integer_token_ids_rejected(generator):
+    with pytest.raises(PromptError, match="True is not an integer"):
+        generator.generate([True, 1])
+    with pytest.raises(PromptError, match="1.0 is not an integer"):
+        generator.generate([1.0])
+
+
+def test_empty_prompt_in_batch_named(generator):
+    with pytest.raises(PromptError, match="empty prompt 1"):
+        generator.generate_batch(["to be", ""])
+
+
+def test_undecodable_prompt_rejected(generator):
+    with pytest.raises(PromptError, match="not valid UTF-8"):
+        generator.generate("to\udcffbe")
+
+
+def test_all_tokens_masked_raises_generation_error(generator):
+    from genkit.errors import GenerationError
+
+    everything = list(range(generator.loaded.shape.vocab_size))
+    with pytest.raises(GenerationError, match="Every token may be masked"):
+        generator.generate("to be", do_sample=True, suppress_tokens=everything, max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    ("device", "pattern"),
+    [("bogus", "invalid device 'bogus'"), ("meta", "not supported"), ("cuda", "CUDA is not available")],
+)
+def test_bad_device_raises(device, pattern):
+    from genkit import Generator
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match=pattern):
+        Generator.from_pretrained(device=device)

@@ -228,3 +228,49 @@ class _MisspelledHookPlugin:
 def test_misspelled_hook_is_error():
     with pytest.raises(PluginError, match="unknown hook 'register_sampler'.*register_samplers"):
         Registry.load(entry_points=False, plugins=[("typo", _MisspelledHookPlugin())])
+
+
+@pytest.fixture
+def exiting_distribution(tmp_path, monkeypatch):
+    """A real distribution whose genkit entry point calls sys.exit at import."""
+    dist_info = tmp_path / "exiting_genkit_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: exiting-genkit-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[genkit]\nexiting = exiting_genkit_plugin_mod\n")
+    (tmp_path / "exiting_genkit_plugin_mod.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("exiting_genkit_plugin_mod", None)
+
+
+def test_plugin_calling_sys_exit_is_skipped(exiting_distribution, monkeypatch):
+    monkeypatch.delenv("GENKIT_STRICT_PLUGINS", raising=False)
+    registry = Registry.load()
+    assert [f.distribution for f in registry.failures] == ["exiting-genkit-plugin"]
+    assert "SystemExit" in registry.failures[0].error
+
+
+class _NoneSamplerPlugin:
+    @genkit.hookimpl
+    def register_samplers(self, register):
+        register(SamplerSpec("returns_none", lambda ctx: None))
+
+    @genkit.hookimpl
+    def register_kv_caches(self, register):
+        from genkit.specs import CacheSpec
+
+        register(CacheSpec("not_a_cache", lambda ctx: object()))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"sampler": "returns_none"}, "sampler 'returns_none' from plugin 'none_plugin' built None"),
+        ({"cache": "not_a_cache"}, "KV cache 'not_a_cache' from plugin 'none_plugin' built"),
+    ],
+)
+def test_bad_build_result_names_plugin(kwargs, pattern):
+    with plugin_registered(_NoneSamplerPlugin(), name="none_plugin") as registry:
+        generator = tiny_generator(registry=registry)
+        with pytest.raises(PluginError, match=pattern):
+            generator.generate("ab", max_new_tokens=2, **kwargs)
