@@ -1,7 +1,7 @@
 """The generation loop: prefill, then decode steps, with per-phase timing.
 
 ``Generator.prefill`` runs the prompt through the model in one forward pass and
-picks the first token; ``Generator.decode_step`` feeds the last token of every
+picks the first token. ``Generator.decode_step`` feeds the last token of every
 sequence and picks the next. ``generate``, ``generate_batch`` and ``stream`` are
 thin loops over those two phases.
 """
@@ -255,7 +255,12 @@ class Generator:
         for token in eos:
             if token >= shape.vocab_size:
                 raise ConfigError(f"invalid eos_token_id={token}: the vocabulary has {shape.vocab_size} tokens")
-        pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
+        if config.pad_token_id is not None:
+            pad = config.pad_token_id
+        elif eos:
+            pad = eos[0]
+        else:
+            pad = 0
         if pad >= shape.vocab_size:
             raise ConfigError(f"invalid pad_token_id={pad}: the vocabulary has {shape.vocab_size} tokens")
 
@@ -477,9 +482,9 @@ class Generator:
     def stream(self, prompt: Prompt | Sequence[Prompt], config: Any = None, **kwargs: Any) -> GenerationStream:
         """Return an iterator of :class:`StreamEvent`, one per generated token, as soon as it is picked.
 
-        Pass a list of prompts to stream a batch; ``event.sequence`` says which prompt
-        a token belongs to. After the iterator is exhausted, ``.results`` holds the
-        same results ``generate_batch`` returns. Text that may still be the start of a
+        Pass a list of prompts to stream a batch; ``event.sequence`` is the index of
+        the prompt a token belongs to. Once the iterator is exhausted, ``.results``
+        contains the same results as ``generate_batch`` returns. Text that may still be the start of a
         stop string is held back until it is known not to be.
         """
         return GenerationStream(self, prompt, config, kwargs)

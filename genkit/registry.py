@@ -67,7 +67,7 @@ class Registered:
     plugin: str
 
 def strict_mode() -> bool:
-    """Return True when ``GENKIT_STRICT_PLUGINS`` asks for plugin failures to raise."""
+    """Return True when ``GENKIT_STRICT_PLUGINS`` is set to make plugin failures raise."""
     return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 class Registry:

@@ -30,7 +30,7 @@ class EosStoppingCriterion:
 
 
 class MaxLengthStoppingCriterion:
-    """Stop every sequence once ``input_ids`` holds ``max_length`` positions (prompt included)."""
+    """Stop every sequence once ``input_ids`` contains ``max_length`` positions (prompt included)."""
 
     reason = "length"
 
