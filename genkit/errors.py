@@ -13,7 +13,7 @@ class GenkitError(Exception):
 
 
 class ConfigError(GenkitError, ValueError):
-    """A generation parameter is invalid: the message names the field, value and range."""
+    """A generation or training parameter is invalid: the message names the field, value and allowed range."""
 
 
 class PromptError(ConfigError):

@@ -122,8 +122,9 @@ def train_toy(
     model's ``n_positions``. ``out_dir`` must be absent, empty, or an earlier toy
     checkpoint, which is replaced. The checkpoint is written to a temporary folder
     beside ``out_dir`` and renamed into place at the end, so a failed or
-    interrupted run leaves ``out_dir`` as it was. ``generation_defaults`` None
-    writes :func:`default_generation_defaults` for ``block_size``.
+    interrupted run leaves ``out_dir`` as it was. A run whose loss becomes NaN or
+    infinite raises :class:`ConfigError` and writes nothing. ``generation_defaults``
+    None writes :func:`default_generation_defaults` for ``block_size``.
     """
     _check_training_arguments(steps, seed, block_size, batch_size, lr, weight_decay, val_fraction, eval_batches)
     if generation_defaults is None:
@@ -133,8 +134,12 @@ def train_toy(
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
 
+    # Split before building the config, so an empty corpus is reported as too short
+    # rather than as vocab_size=0.
     text = read_corpus(corpus_path)
     tokenizer = CharTokenizer.from_text(text)
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)  # (N,)
+    train_data, val_data = split_corpus(data, block_size, val_fraction, corpus_path)
     model_config = ToyConfig(
         vocab_size=tokenizer.vocab_size,
         n_positions=block_size,
@@ -144,8 +149,6 @@ def train_toy(
         dropout=dropout,
         bias=bias,
     )
-    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)  # (N,)
-    train_data, val_data = split_corpus(data, block_size, val_fraction, corpus_path)
 
     started = time.perf_counter()
     # fork_rng restores the global RNG on exit, so training does not disturb the caller's random state.
@@ -160,6 +163,10 @@ def train_toy(
         train_loss = estimate_loss(model, train_data, batch_size, eval_batches, eval_generator)
         val_loss = estimate_loss(model, val_data, batch_size, eval_batches, eval_generator)
     seconds = time.perf_counter() - started
+
+    # The last optimizer step can turn the weights non-finite after a finite training loss.
+    check_loss_finite(train_loss, "on the training data after the last step", lr)
+    check_loss_finite(val_loss, "on the validation data after the last step", lr)
 
     write_checkpoint_atomically(model, tokenizer, out_dir, generation_defaults)
 
@@ -246,6 +253,11 @@ def split_corpus(
     A window is ``block_size`` inputs plus the one target after them.
     """
     window = block_size + 1
+    if len(data) == 0:
+        raise ConfigError(
+            f"corpus file {corpus_path} is empty; block_size={block_size} needs at least {2 * window} characters "
+            "of text: one window of block_size + 1 characters for training and one for validation"
+        )
     if len(data) < 2 * window:
         raise ConfigError(
             f"corpus {corpus_path} has {len(data)} characters, but block_size={block_size} needs at least "
@@ -304,21 +316,35 @@ def train_loop(
 
     model.train()
     bar = tqdm(range(steps), desc="train-toy", unit="step", disable=not progress)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, max_lr)
+    try:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, steps, max_lr)
 
-        inputs, targets = sample_batch(data, block_size, batch_size, generator)
-        loss = model.loss(inputs.to(device), targets.to(device))
+            inputs, targets = sample_batch(data, block_size, batch_size, generator)
+            loss = model.loss(inputs.to(device), targets.to(device))
+            # .item() syncs with the device once per step, which the progress bar needs anyway.
+            loss_value = loss.item()
+            check_loss_finite(loss_value, f"at step {step + 1} of {steps}", max_lr)
 
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
 
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+    finally:
+        bar.close()
     model.eval()
+
+
+def check_loss_finite(loss: float, when: str, lr: float) -> None:
+    """Raise :class:`ConfigError` for a NaN or infinite loss, the sign of a diverged run."""
+    if not math.isfinite(loss):
+        raise ConfigError(
+            f"training diverged: the loss is {loss} {when} (lr={lr:g}); lower the learning rate "
+            f"(--lr, default {DEFAULT_LR:g}); no checkpoint was written"
+        )
 
 
 @torch.no_grad()

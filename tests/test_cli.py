@@ -119,7 +119,7 @@ def test_train_toy_then_generate(tmp_path):
     ("args", "pattern"),
     [
         (["generate", "x", "--model", "/no/such/folder"], "not found"),
-        (["generate", "x", "--model", "nosuchorg/nosuchmodel"], "huggingface-cli download nosuchorg/nosuchmodel"),
+        (["generate", "x", "--model", "nosuchorg/nosuchmodel"], "`hf download nosuchorg/nosuchmodel`"),
         (["generate", ""], "empty prompt"),
         (["generate", "JULIET:"], "'J'"),
         (["generate", "ROMEO:", "--cache", "paged"], "unknown KV cache 'paged'; available: concat, static"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import logging
 import shutil
 
 import pytest
@@ -330,6 +331,65 @@ def test_heads_not_dividing_width_raises(checkpoint, tmp_path):
         load_model(folder)
 
 
+INVALID_FIELDS = [
+    ("layer_norm_epsilon", "x", "a finite number > 0"),
+    ("layer_norm_epsilon", -1, "a finite number > 0"),
+    ("layer_norm_epsilon", 0, "a finite number > 0"),
+    ("layer_norm_epsilon", float("nan"), "a finite number > 0"),
+    ("layer_norm_epsilon", float("inf"), "a finite number > 0"),
+    ("layer_norm_epsilon", True, "a finite number > 0"),
+    ("scale_attn_weights", "false", "a JSON boolean"),
+    ("scale_attn_weights", 0, "a JSON boolean"),
+    ("scale_attn_by_inverse_layer_idx", "true", "a JSON boolean"),
+    ("tie_word_embeddings", "no", "a JSON boolean"),
+    ("add_cross_attention", "false", "a JSON boolean"),
+    ("n_layer", "2", "a positive integer"),
+    ("n_layer", 2.0, "a positive integer"),
+    ("n_layer", -1, "a positive integer"),
+    ("n_embd", True, "a positive integer"),
+    ("vocab_size", None, "a positive integer"),
+    ("n_positions", [128], "a positive integer"),
+    ("n_head", 0, "a positive integer"),
+    ("n_inner", 0, "a positive integer, or null"),
+    ("n_inner", "96", "a positive integer, or null"),
+    ("activation_function", ["gelu_new"], "a string"),
+    ("activation_function", None, "a string"),
+    ("eos_token_id", "259", "a token id >= 0"),
+    ("eos_token_id", -1, "a token id >= 0"),
+    ("eos_token_id", [259, None], "a token id >= 0"),
+]
+
+
+@pytest.mark.parametrize("field, value, expected", INVALID_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in INVALID_FIELDS])
+def test_invalid_config_field_raises(checkpoint, tmp_path, field, value, expected):
+    folder = edited_copy(checkpoint, tmp_path, **{field: value})
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert f"invalid {field}={value!r} in {folder / 'config.json'}" in message
+    assert f"expected {expected}" in message
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"layer_norm_epsilon": 1},  # a JSON integer is a number too
+        {"n_inner": None, "tie_word_embeddings": None},  # null means the default
+        {"eos_token_id": [259, 3]},
+        {"eos_token_id": None},
+    ],
+    ids=["integer-epsilon", "nulls", "eos-list", "eos-null"],
+)
+def test_valid_config_edge_values_load(checkpoint, tmp_path, fields):
+    folder = edited_copy(checkpoint, tmp_path, **fields)
+
+    loaded = load_model(folder)
+
+    assert loaded.shape.n_layers == 2
+
+
 def test_model_shape_from_config(checkpoint, loaded):
     config = checkpoint.model.config
 
@@ -340,6 +400,48 @@ def test_model_shape_from_config(checkpoint, loaded):
     assert shape.head_dim == config.n_embd // config.n_head
     assert shape.vocab_size == config.vocab_size
     assert shape.max_positions == config.n_positions
+
+
+# A vocabulary padded beyond the tokenizer.
+
+
+PADDED_VOCAB = 300  # the byte-level test tokenizer has 260 tokens
+
+
+def test_padded_vocab_warns_once(tiny_gpt2, caplog):
+    checkpoint = tiny_gpt2(vocab_size=PADDED_VOCAB)
+
+    with caplog.at_level(logging.WARNING, logger="genkit"):
+        loaded = load_model(checkpoint.folder)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "has 260 tokens but the model's vocab_size is 300" in warnings[0]
+    assert "ids 260 to 299" in warnings[0]
+    assert loaded.shape.vocab_size == PADDED_VOCAB
+    assert loaded.tokenizer.vocab_size == 260
+
+
+def test_padded_ids_decode_to_nothing(tiny_gpt2):
+    tokenizer = load_model(tiny_gpt2(vocab_size=PADDED_VOCAB).folder).tokenizer
+    text_ids = tokenizer.encode("the cat")
+
+    assert tokenizer.decode([260]) == ""
+    assert tokenizer.decode([PADDED_VOCAB - 1, *text_ids, 2**40, -1]) == "the cat"
+
+
+def test_padded_vocab_generates_without_crash(tiny_gpt2):
+    from genkit.engine import Generator
+
+    generator = Generator.from_pretrained(tiny_gpt2(vocab_size=PADDED_VOCAB).folder)
+    # A high temperature makes sampling near uniform, so some of the 40 padded ids come up.
+    result = generator.generate("the", max_new_tokens=60, do_sample=True, temperature=100.0, seed=0)
+
+    padded = [i for i in result.token_ids if i >= 260]
+    assert padded
+    assert result.text == generator.loaded.tokenizer.decode(result.token_ids)
+    events = generator.stream("the", max_new_tokens=60, do_sample=True, temperature=100.0, seed=0)
+    assert "".join(event.text for event in events) == result.text
 
 
 def test_loaded_model_is_inference_only(checkpoint, loaded):

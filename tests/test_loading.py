@@ -7,8 +7,11 @@ legacy ``pytorch_model.bin`` that transformers 5 no longer writes, by ``torch.sa
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
+import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -285,18 +288,78 @@ def test_hub_revision_by_commit(tiny_gpt2, tmp_path, offline):
     assert_same_logits(loaded, tiny_gpt2(seed=1).model)
 
 
-def test_unknown_hub_id_says_where_it_looked(tmp_path, offline):
+@pytest.mark.parametrize("hub_id", ["nobody/nothing", "nothing"])
+def test_unknown_hub_id_says_where_it_looked(tmp_path, offline, hub_id):
     offline.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
 
     with pytest.raises(ModelNotFoundError) as error:
-        load_model("nobody/nothing")
+        load_model(hub_id)
 
     message = str(error.value)
-    assert str(tmp_path / "hub-cache" / "models--nobody--nothing") in message
-    assert "huggingface-cli download nobody/nothing" in message
+    assert str(tmp_path / "hub-cache" / ("models--" + hub_id.replace("/", "--"))) in message
+    assert f"`hf download {hub_id}`" in message
+    assert f"`huggingface-cli download {hub_id}` before huggingface_hub 0.34" in message
+
+
+def test_unknown_hub_revision_names_it(tiny_gpt2, tmp_path, offline):
+    cache = tmp_path / "hub-cache"
+    write_hub_cache(cache, tiny_gpt2().folder, COMMIT)
+    offline.setenv("HF_HUB_CACHE", str(cache))
+
+    with pytest.raises(ModelNotFoundError) as error:
+        load_model(HUB_ID, revision="v2.0")
+
+    message = str(error.value)
+    assert "no ref or snapshot named 'v2.0'" in message
+    assert f"`hf download {HUB_ID} --revision v2.0`" in message
+
+
+def test_ref_to_missing_snapshot_raises(tiny_gpt2, tmp_path, offline):
+    cache = tmp_path / "hub-cache"
+    write_hub_cache(cache, tiny_gpt2().folder, COMMIT)
+    ref = cache / "models--tiny-org--tiny-gpt2" / "refs" / "main"
+    ref.write_text(OTHER_COMMIT)
+    offline.setenv("HF_HUB_CACHE", str(cache))
+
+    with pytest.raises(ModelNotFoundError) as error:
+        load_model(HUB_ID)
+
+    message = str(error.value)
+    assert str(ref) in message
+    assert OTHER_COMMIT in message
+    assert str(cache / "models--tiny-org--tiny-gpt2" / "snapshots" / OTHER_COMMIT) in message
+    assert f"`hf download {HUB_ID}`" in message
+
+
+def test_cache_without_refs_uses_newest_snapshot(tiny_gpt2, tmp_path, offline, caplog):
+    cache = tmp_path / "hub-cache"
+    snapshot = write_hub_cache(cache, tiny_gpt2().folder, COMMIT, ref=None)
+    offline.setenv("HF_HUB_CACHE", str(cache))
+
+    with caplog.at_level(logging.INFO, logger="genkit"):
+        folder = resolve_checkpoint(HUB_ID)
+
+    assert folder == snapshot
+    notes = [r for r in caplog.records if "has no refs/ files" in r.getMessage()]
+    assert len(notes) == 1
+    assert notes[0].levelno == logging.INFO
+    assert COMMIT in notes[0].getMessage()
 
 
 # Errors.
+
+
+@pytest.mark.parametrize(
+    "name", ["/nonexistent/dir", "path/to/gpt2-folder", "./gpt2", "../gpt2", "~/no-such-genkit-folder"]
+)
+def test_missing_folder_says_folder_not_found(name, offline):
+    with pytest.raises(ModelNotFoundError) as error:
+        load_model(name)
+
+    message = str(error.value)
+    assert f"model folder {Path(name).expanduser().resolve()} not found" in message
+    assert "download" not in message
+    assert "Hugging Face cache" not in message
 
 
 def test_unknown_path_says_where_it_looked(tmp_path):
@@ -307,7 +370,7 @@ def test_unknown_path_says_where_it_looked(tmp_path):
 
     message = str(error.value)
     assert str(missing) in message
-    assert "huggingface-cli download" in message
+    assert "pass an existing checkpoint folder" in message
 
 
 def test_file_instead_of_folder_raises(tiny_gpt2):
@@ -383,6 +446,20 @@ def test_config_without_model_type_raises(tiny_gpt2, tmp_path):
         load_model(folder)
 
 
+@pytest.mark.parametrize("model_type", [["gpt2"], 2, True, {"name": "gpt2"}])
+def test_model_type_of_wrong_type_raises(tiny_gpt2, tmp_path, model_type):
+    folder = copy_checkpoint(tiny_gpt2(), tmp_path)
+    edit_config(folder, model_type=model_type)
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert f"invalid model_type={model_type!r}" in message
+    assert str(folder / "config.json") in message
+    assert "expected a string such as 'gpt2'" in message
+
+
 def test_unknown_model_type_lists_available(tiny_gpt2, tmp_path):
     folder = copy_checkpoint(tiny_gpt2(), tmp_path)
     edit_config(folder, model_type="mamba-9000")
@@ -435,6 +512,121 @@ def test_misshaped_tensor_is_named(tiny_gpt2, tmp_path):
 
     expected = f"wte.weight is ({checkpoint.vocab_size}, 64), expected ({checkpoint.vocab_size + 40}, 64)"
     assert expected in str(error.value)
+
+
+def test_huge_n_layer_fails_before_building(tiny_gpt2, tmp_path):
+    folder = copy_checkpoint(tiny_gpt2(), tmp_path)
+    edit_config(folder, n_layer=10**8)
+
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+    elapsed = time.perf_counter() - started
+
+    message = str(error.value)
+    assert "n_layer=100000000" in message
+    assert "the weights contain 2 blocks" in message
+    assert "h.0.* to h.1.*" in message
+    assert elapsed < 5.0  # building 10**8 blocks on the meta device took minutes
+
+
+@pytest.mark.parametrize(
+    "field, value, shape",
+    [
+        ("vocab_size", 10**30, "wte.weight"),
+        ("n_positions", 2**62, "wpe.weight"),
+        ("n_inner", 10**30, "h.0.mlp.c_fc.weight"),
+    ],
+)
+def test_oversized_config_names_tensor(tiny_gpt2, tmp_path, field, value, shape):
+    # Sizes past 2**62 overflow torch's size arithmetic even on the meta device.
+    folder = copy_checkpoint(tiny_gpt2(), tmp_path)
+    edit_config(folder, **{field: value})
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    assert f"wrong shapes: {shape} is" in str(error.value)
+
+
+# Weights with NaN or infinity in an intact file.
+
+
+def tensor_data_range(path: Path, name: str) -> tuple[int, int]:
+    """Return the byte range of tensor ``name`` in a safetensors file, from its JSON header."""
+    header_length = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    header = json.loads(path.read_bytes()[8 : 8 + header_length])
+    start, end = header[name]["data_offsets"]
+    return 8 + header_length + start, 8 + header_length + end
+
+
+FLOAT32_NAN = b"\xff\xff\xff\xff"
+FLOAT32_INF = struct.pack("<f", float("inf"))
+
+
+@pytest.mark.parametrize("pattern", [FLOAT32_NAN, FLOAT32_INF], ids=["nan", "inf"])
+def test_overwritten_weight_bytes_raise(tiny_gpt2, tmp_path, pattern):
+    folder = copy_checkpoint(tiny_gpt2(), tmp_path)
+    path = folder / "model.safetensors"
+    start, _ = tensor_data_range(path, "transformer.h.1.mlp.c_fc.weight")
+    data = bytearray(path.read_bytes())
+    data[start + 400 : start + 400 + 4 * 3] = pattern * 3
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert "'transformer.h.1.mlp.c_fc.weight'" in message
+    assert str(path) in message
+    assert "3 NaN or infinite values" in message
+    assert "corrupted" in message
+
+
+def test_non_finite_shard_is_named(tiny_gpt2, tmp_path):
+    folder = copy_checkpoint(tiny_gpt2(weights="sharded"), tmp_path)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shard = folder / index["weight_map"]["transformer.ln_f.weight"]
+    rewrite = load_file(str(shard))
+    rewrite["transformer.ln_f.weight"][5] = float("nan")
+    save_file(rewrite, str(shard), metadata={"format": "pt"})
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    assert "'transformer.ln_f.weight'" in str(error.value)
+    assert str(shard) in str(error.value)
+
+
+def test_non_finite_bin_weights_raise(tiny_gpt2, tmp_path):
+    folder = copy_checkpoint(tiny_gpt2(weights="bin"), tmp_path)
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["transformer.wpe.weight"][3, 7] = float("-inf")
+    torch.save(state, folder / "pytorch_model.bin")
+
+    with pytest.raises(CheckpointError, match=r"'transformer\.wpe\.weight' in weights file .*pytorch_model\.bin"):
+        load_model(folder)
+
+
+def test_fp16_overflowing_sum_still_loads(tiny_gpt2, tmp_path):
+    # The finite check sums each tensor first. A sum above the fp16 maximum (65504)
+    # is infinite although every value is finite, so such weights must still load.
+    folder = copy_checkpoint(tiny_gpt2(dtype=torch.float16), tmp_path)
+    rewrite_weights(folder, lambda state: state["transformer.wpe.weight"].fill_(60000.0))
+
+    loaded = load_model(folder)
+
+    assert torch.all(loaded.model.wpe.weight == 60000.0)
+
+
+def test_bin_with_non_tensor_entry_raises(tiny_gpt2, tmp_path):
+    folder = copy_checkpoint(tiny_gpt2(weights="bin"), tmp_path)
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["step"] = 7
+    torch.save(state, folder / "pytorch_model.bin")
+
+    with pytest.raises(CheckpointError, match="entry .step. .* is of type int, not a tensor"):
+        load_model(folder)
 
 
 # The demo checkpoint script.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,158 @@ def test_load_rejects_invalid_config(tmp_path):
         load_model(folder)
 
 
+INVALID_TOY_FIELDS = [
+    ("n_layer", "x", "expected an integer >= 1"),
+    ("n_layer", 2.0, "expected an integer >= 1"),
+    ("n_head", True, "expected an integer >= 1"),
+    ("n_embd", -16, "expected an integer >= 1"),
+    ("n_positions", None, "expected an integer >= 1"),
+    ("vocab_size", [23], "expected an integer >= 1"),
+    ("dropout", "0.1", "expected a number in [0, 1)"),
+    ("dropout", float("nan"), "expected a number in [0, 1)"),
+    ("bias", "false", "expected true or false"),
+    ("bias", 1, "expected true or false"),
+]
+
+
+@pytest.mark.parametrize(
+    "field, value, expected", INVALID_TOY_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in INVALID_TOY_FIELDS]
+)
+def test_load_rejects_invalid_field(tmp_path, field, value, expected):
+    folder = saved_checkpoint(tmp_path / "toy")
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert str(folder / "config.json") in message
+    assert f"invalid {field}={value!r}" in message
+    assert expected in message
+
+
+def test_load_rejects_missing_vocab_size(tmp_path):
+    folder = saved_checkpoint(tmp_path / "toy")
+    config = json.loads((folder / "config.json").read_text())
+    del config["vocab_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(CheckpointError, match="config.json: missing vocab_size"):
+        load_model(folder)
+
+
+def test_huge_n_layer_fails_before_building(tmp_path):
+    folder = saved_checkpoint(tmp_path / "toy")
+    config = json.loads((folder / "config.json").read_text())
+    config["n_layer"] = 10**8
+    (folder / "config.json").write_text(json.dumps(config))
+
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+    elapsed = time.perf_counter() - started
+
+    message = str(error.value)
+    assert "n_layer=100000000" in message
+    assert "the weights contain 2 blocks" in message
+    assert "blocks.0.* to blocks.1.*" in message
+    assert elapsed < 5.0  # building the blocks first took minutes
+
+
+@pytest.mark.parametrize(
+    "field, tensor", [("n_positions", "position_embedding.weight"), ("n_embd", "token_embedding.weight")]
+)
+def test_oversized_config_names_tensor(tmp_path, field, tensor):
+    # A size of 2**62 overflows torch's size arithmetic even on the meta device.
+    folder = saved_checkpoint(tmp_path / "toy")
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = 2**62
+    (folder / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    assert f"{tensor} has shape" in str(error.value)
+    assert str(2**62) in str(error.value)
+
+
+def test_extra_layers_are_listed_briefly(tmp_path):
+    folder = saved_checkpoint(tmp_path / "toy")
+    config = json.loads((folder / "config.json").read_text())
+    config["n_layer"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert "unexpected tensors: blocks.1." in message
+    assert "and 7 more" in message  # 12 tensors in block 1, 5 listed
+
+
+def test_load_rejects_non_finite_weights(tmp_path):
+    folder = saved_checkpoint(tmp_path / "toy")
+    state = load_file(folder / "model.safetensors")
+    state["blocks.0.attn.qkv.weight"][2, 3] = float("nan")
+    save_file(state, folder / "model.safetensors")
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert "'blocks.0.attn.qkv.weight'" in message
+    assert str(folder / "model.safetensors") in message
+    assert "corrupted" in message
+
+
+def test_loaded_weights_do_not_follow_file(tmp_path):
+    # safetensors memory-maps the file; the loaded model must keep its own copy.
+    folder = saved_checkpoint(tmp_path / "toy")
+    loaded = load_model(folder)
+    before = loaded.model.lm_head.weight.clone()
+
+    saved_checkpoint(folder, seed=9)
+
+    assert torch.equal(loaded.model.lm_head.weight, before)
+
+
+@pytest.mark.parametrize("chars", ["abc", ["a", "b", "c"]])
+def test_load_rejects_tokenizer_smaller_than_vocab(tmp_path, chars):
+    folder = saved_checkpoint(tmp_path / "toy")
+    (folder / "char_tokenizer.json").write_text(json.dumps({"type": "char", "chars": chars}))
+    vocab_size = json.loads((folder / "config.json").read_text())["vocab_size"]
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert f"has 3 characters but config.json sets vocab_size={vocab_size}" in message
+    assert str(folder) in message
+
+
+@pytest.mark.parametrize("chars", [["ab", "c"], 5, ["a", 1], None])
+def test_load_rejects_invalid_alphabet(tmp_path, chars):
+    folder = saved_checkpoint(tmp_path / "toy")
+    (folder / "char_tokenizer.json").write_text(json.dumps({"type": "char", "chars": chars}))
+
+    with pytest.raises(CheckpointError) as error:
+        load_model(folder)
+
+    message = str(error.value)
+    assert f"invalid chars={chars!r}" in message
+    assert "expected a list of single characters" in message
+
+
+def test_save_rejects_tokenizer_smaller_than_vocab(tmp_path):
+    tokenizer = CharTokenizer.from_text(CORPUS)
+    model = make_model(vocab_size=tokenizer.vocab_size + 1)
+
+    with pytest.raises(ConfigError, match=f"build the model with vocab_size={tokenizer.vocab_size}"):
+        save_toy(model, tokenizer, tmp_path / "toy")
+
+
 def test_load_rejects_tokenizer_larger_than_vocab(tmp_path):
     folder = saved_checkpoint(tmp_path / "toy")
     config = json.loads((folder / "config.json").read_text())
@@ -372,6 +525,46 @@ def test_corpus_shorter_than_two_blocks_raises(tmp_path):
         train_toy(path, steps=1, seed=0, out_dir=tmp_path / "toy", **TINY)
 
 
+def test_empty_corpus_names_file(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as error:
+        train_toy(path, steps=1, seed=0, out_dir=tmp_path / "toy", **TINY)
+
+    message = str(error.value)
+    assert f"corpus file {path} is empty" in message
+    assert "block_size=16 needs at least 34 characters" in message
+    assert "vocab_size" not in message
+    assert not (tmp_path / "toy").exists()
+
+
+def test_diverged_training_writes_nothing(corpus, tmp_path):
+    out = tmp_path / "toy"
+    train_toy(corpus, steps=1, seed=0, out_dir=out, **TINY)
+    before = (out / "model.safetensors").read_bytes()
+
+    with pytest.raises(ConfigError) as error:
+        train_toy(corpus, steps=20, seed=0, out_dir=out, lr=1e30, **TINY)
+
+    message = str(error.value)
+    assert "training diverged: the loss is nan" in message
+    assert "lr=1e+30" in message
+    assert "lower the learning rate (--lr" in message
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "toy"]
+
+
+def test_non_finite_final_loss_raises(corpus, tmp_path, monkeypatch):
+    # The last optimizer step can break the weights after every training loss was finite.
+    monkeypatch.setattr("genkit.training.estimate_loss", lambda *args: float("inf"))
+
+    with pytest.raises(ConfigError, match="the loss is inf on the training data after the last step"):
+        train_toy(corpus, steps=1, seed=0, out_dir=tmp_path / "toy", **TINY)
+
+    assert not (tmp_path / "toy").exists()
+
+
 def test_out_dir_that_is_a_file_raises(corpus, tmp_path):
     out = tmp_path / "file"
     out.write_text("keep me")
@@ -429,6 +622,26 @@ def test_cli_train_toy_reports_missing_corpus(tmp_path, capsys):
     argv = ["train-toy", "--corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "toy"), "--no-progress"]
     assert cli_main(argv) == 2
     assert "corpus file" in capsys.readouterr().err
+
+
+def test_cli_train_toy_reports_divergence(corpus, tmp_path, capsys):
+    out = tmp_path / "toy"
+    argv = ["train-toy", "--corpus", str(corpus), "--steps", "20", "--seed", "0", "--out", str(out), "--lr", "1e30",
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+            "--no-progress"]
+
+    assert cli_main(argv) == 2
+    assert "training diverged" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_train_toy_reports_empty_corpus(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    argv = ["train-toy", "--corpus", str(empty), "--out", str(tmp_path / "toy"), "--no-progress"]
+
+    assert cli_main(argv) == 2
+    assert f"corpus file {empty} is empty" in capsys.readouterr().err
 
 
 # The shipped checkpoint.

@@ -27,7 +27,11 @@ from genkit.caches.base import KVCache
 from genkit.errors import CheckpointError
 from genkit.models.attention import build_attention_mask
 from genkit.models.base import LoadedModel, ModelShape
-from genkit.models.loading import read_generation_defaults, read_state_dict
+from genkit.models.loading import (
+    check_layer_count,
+    read_generation_defaults,
+    read_state_dict,
+)
 from genkit.models.tokenizer import load_tokenizer
 
 logger = logging.getLogger("genkit")
@@ -64,6 +68,26 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+BOOLEAN = "a JSON boolean, true or false"
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_field(name: str, value: Any, valid: bool, expected: str, source: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless ``valid``, so a bad field fails at load and not in the forward pass."""
+    if not valid:
+        raise CheckpointError(
+            f"invalid {name}={value!r} in {source}: expected {expected}; "
+            "correct the field, or re-download or re-save the checkpoint"
+        )
+
+
 @dataclass(frozen=True)
 class GPT2Config:
     """The fields of a Hugging Face GPT-2 ``config.json`` that change the forward pass."""
@@ -81,33 +105,52 @@ class GPT2Config:
     tie_word_embeddings: bool = True
 
     @classmethod
-    def from_hf(cls, config: dict[str, Any]) -> GPT2Config:
+    def from_hf(cls, config: dict[str, Any], source: str | Path = "config.json") -> GPT2Config:
         """Read a ``config.json`` dict. A missing field takes transformers' ``GPT2Config`` default.
 
-        Raises :class:`CheckpointError` for a config this model cannot run.
+        Raises :class:`CheckpointError` naming ``source``, the field and its value for
+        a field of the wrong JSON type or out of range, or a config this model cannot run.
         """
         defaults = cls()
         values = {name: config.get(name, getattr(defaults, name)) for name in cls.__dataclass_fields__}
         if values["tie_word_embeddings"] is None:
             values["tie_word_embeddings"] = True
-        result = cls(**values)
 
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(result, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CheckpointError(f"invalid {name}={value!r} in config.json: expected a positive integer")
-        if result.n_embd % result.n_head:
+            _check_field(name, values[name], _is_positive_int(values[name]), "a positive integer", source)
+        n_inner = values["n_inner"]
+        if n_inner is not None:
+            expected = "a positive integer, or null for 4 * n_embd"
+            _check_field("n_inner", n_inner, _is_positive_int(n_inner), expected, source)
+        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "tie_word_embeddings"):
+            _check_field(name, values[name], isinstance(values[name], bool), BOOLEAN, source)
+        cross_attention = config.get("add_cross_attention", False)
+        _check_field("add_cross_attention", cross_attention, isinstance(cross_attention, bool), BOOLEAN, source)
+
+        # LayerNorm divides by sqrt(variance + epsilon): a negative epsilon gives NaN
+        # for rows of small variance, and zero gives NaN for constant rows.
+        epsilon = values["layer_norm_epsilon"]
+        valid_epsilon = _is_number(epsilon) and math.isfinite(epsilon) and epsilon > 0
+        _check_field("layer_norm_epsilon", epsilon, valid_epsilon, "a finite number > 0, such as 1e-5", source)
+        values["layer_norm_epsilon"] = float(epsilon)
+
+        activation = values["activation_function"]
+        valid_activation = isinstance(activation, str)
+        _check_field("activation_function", activation, valid_activation, "a string such as 'gelu_new'", source)
+        if activation not in ACTIVATIONS:
             raise CheckpointError(
-                f"invalid config.json: n_embd={result.n_embd} is not divisible by n_head={result.n_head}"
-            )
-        if result.activation_function not in ACTIVATIONS:
-            raise CheckpointError(
-                f"unsupported activation_function={result.activation_function!r} in config.json; "
+                f"unsupported activation_function={activation!r} in {source}; "
                 f"genkit's GPT-2 supports: {', '.join(sorted(ACTIVATIONS))}"
             )
-        if config.get("add_cross_attention"):
+
+        result = cls(**values)
+        if result.n_embd % result.n_head:
             raise CheckpointError(
-                "config.json sets add_cross_attention=true, which adds encoder-decoder cross-attention layers; "
+                f"invalid {source}: n_embd={result.n_embd} is not divisible by n_head={result.n_head}"
+            )
+        if cross_attention:
+            raise CheckpointError(
+                f"{source} sets add_cross_attention=true, which adds encoder-decoder cross-attention layers; "
                 "genkit's GPT-2 runs decoder-only checkpoints, so use transformers for this model"
             )
         # reorder_and_upcast_attn is accepted without a change: transformers 5.x applies
@@ -272,22 +315,35 @@ def _listed(names: list[str]) -> str:
     return listed + (f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else "")
 
 
-def _check_tensors(state: dict[str, torch.Tensor], model: GPT2, tied: bool, folder: Path) -> None:
-    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped tensors."""
+def _stored_shapes(model: GPT2, tied: bool) -> dict[str, tuple[int, ...]]:
+    """Return the shape each tensor of ``model`` has in a checkpoint file (Conv1D weights transposed)."""
     expected: dict[str, tuple[int, ...]] = {}
     for name, tensor in model.state_dict().items():
         shape = tuple(tensor.shape)
         expected[name] = shape[::-1] if CONV1D_WEIGHTS.match(name) else shape
     if tied:
         del expected["lm_head.weight"]
+    return expected
 
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+
+def _check_tensors(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    config: GPT2Config,
+    folder: Path,
+    complete: bool = True,
+) -> None:
+    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped tensors.
+
+    ``complete`` False compares only the shapes of the tensors in ``expected`` that ``state`` contains.
+    """
     wrong_shapes = [
         f"{name} is {tuple(state[name].shape)}, expected {expected[name]}"
         for name in sorted(set(expected) & set(state))
         if tuple(state[name].shape) != expected[name]
     ]
+    missing = sorted(set(expected) - set(state)) if complete else []
+    unexpected = sorted(set(state) - set(expected)) if complete else []
     problems = []
     if missing:
         problems.append(f"missing tensors: {_listed(missing)}")
@@ -298,10 +354,25 @@ def _check_tensors(state: dict[str, torch.Tensor], model: GPT2, tied: bool, fold
     if problems:
         raise CheckpointError(
             f"the weights in {folder} do not match its config.json "
-            f"(n_layer={model.config.n_layer}, n_embd={model.config.n_embd}, vocab_size={model.config.vocab_size}): "
+            f"(n_layer={config.n_layer}, n_embd={config.n_embd}, vocab_size={config.vocab_size}): "
             + "; ".join(problems)
             + ". Check that config.json and the weights come from the same GPT-2 checkpoint"
         )
+
+
+def _check_sizes_before_build(state: dict[str, torch.Tensor], config: GPT2Config, folder: Path) -> None:
+    """Compare the config's sizes with the stored tensors before the model is built.
+
+    Building the model, even on the meta device, takes minutes for a config.json
+    with n_layer=10**8, and raises a torch overflow error for a size above 2**62.
+    """
+    check_layer_count(state, "h.", config.n_layer, folder)
+    embeddings = {
+        "wte.weight": (config.vocab_size, config.n_embd),
+        "wpe.weight": (config.n_positions, config.n_embd),
+        "h.0.mlp.c_fc.weight": (config.n_embd, config.inner_dim),  # Conv1D layout (in, out)
+    }
+    _check_tensors(state, embeddings, config, folder, complete=False)
 
 
 def _ties_lm_head(state: dict[str, torch.Tensor], config: GPT2Config, folder: Path) -> bool:
@@ -324,6 +395,20 @@ def _ties_lm_head(state: dict[str, torch.Tensor], config: GPT2Config, folder: Pa
     return False
 
 
+def _eos_token_id(config: dict[str, Any], folder: Path) -> int | None:
+    """Return the first ``eos_token_id`` of config.json, which may hold one id, a list of ids, or null."""
+    value = config.get("eos_token_id")
+    if value is None:
+        ids = []
+    elif isinstance(value, list):
+        ids = value
+    else:
+        ids = [value]
+    valid = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+    _check_field("eos_token_id", value, valid, "a token id >= 0, a list of them, or null", folder / "config.json")
+    return ids[0] if ids else None
+
+
 def load_gpt2(
     folder: Path,
     config: dict[str, Any],
@@ -339,13 +424,10 @@ def load_gpt2(
     """
     folder = Path(folder)
     device = torch.device(device)
-    model_config = GPT2Config.from_hf(config)
+    model_config = GPT2Config.from_hf(config, source=folder / "config.json")
 
     # Load the tokenizer first, so a missing one fails before the weights are read.
-    eos_token_id = config.get("eos_token_id")
-    if isinstance(eos_token_id, list):
-        eos_token_id = eos_token_id[0] if eos_token_id else None
-    tokenizer = load_tokenizer(folder, eos_token_id=eos_token_id)
+    tokenizer = load_tokenizer(folder, eos_token_id=_eos_token_id(config, folder))
     if tokenizer.vocab_size > model_config.vocab_size:
         logger.warning(
             "the tokenizer in %s has %d tokens but the model only %d; ids from %d up will fail in the embedding",
@@ -354,8 +436,21 @@ def load_gpt2(
             model_config.vocab_size,
             model_config.vocab_size,
         )
+    elif tokenizer.vocab_size < model_config.vocab_size:
+        # Some checkpoints pad the vocabulary, to a multiple of 64 say, because GPU matmuls
+        # run faster on such sizes. The extra ids have no token and decode to empty text.
+        logger.warning(
+            "the tokenizer in %s has %d tokens but the model's vocab_size is %d; "
+            "sampled ids %d to %d have no token and decode to empty text",
+            folder,
+            tokenizer.vocab_size,
+            model_config.vocab_size,
+            tokenizer.vocab_size,
+            model_config.vocab_size - 1,
+        )
 
     state = _checkpoint_state(read_state_dict(folder), folder)
+    _check_sizes_before_build(state, model_config, folder)
     tied = _ties_lm_head(state, model_config, folder)
     if tied:
         state.pop("lm_head.weight", None)
@@ -365,7 +460,7 @@ def load_gpt2(
     # overwritten next. load_state_dict(assign=True) then puts the real tensors in.
     with torch.device("meta"):
         model = GPT2(model_config)
-    _check_tensors(state, model, tied, folder)
+    _check_tensors(state, _stored_shapes(model, tied), model_config, folder)
 
     if dtype is None:
         dtype = state["wte.weight"].dtype

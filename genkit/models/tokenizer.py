@@ -46,9 +46,17 @@ class CharTokenizer:
     def from_file(cls, path: Path) -> CharTokenizer:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(data["chars"])
+            chars = data["chars"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"invalid character tokenizer file {path}: {exc}") from exc
+            raise CheckpointError(f"invalid character tokenizer file {path}: {exc}; re-save the checkpoint") from exc
+        if not isinstance(chars, (list, str)) or not all(isinstance(ch, str) and len(ch) == 1 for ch in chars):
+            raise CheckpointError(
+                f"invalid chars={chars!r} in {path}: expected a list of single characters; re-save the checkpoint"
+            )
+        try:
+            return cls(chars)
+        except ValueError as exc:
+            raise CheckpointError(f"invalid character tokenizer file {path}: {exc}; re-save the checkpoint") from exc
 
     def save(self, folder: Path) -> None:
         payload = {"type": "char", "chars": self.chars}
@@ -75,12 +83,20 @@ class HFTokenizer:
         self._tokenizer = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_token_id = eos_token_id
+        self.max_token_id = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        """Return the text of ``ids``; ids without a token decode to nothing.
+
+        A model with a padded vocabulary can sample ids above ``max_token_id``.
+        tokenizers 0.23 skips unknown ids that fit in 32 bits but raises
+        OverflowError for others, so ids outside [0, max_token_id] are dropped here.
+        """
+        known = [i for i in ids if 0 <= i <= self.max_token_id]
+        return self._tokenizer.decode(known, skip_special_tokens=True)
 
     def token_to_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)

@@ -31,7 +31,12 @@ from genkit.caches.concat import ConcatKVCache
 from genkit.errors import CheckpointError, ConfigError
 from genkit.models.attention import build_attention_mask
 from genkit.models.base import LoadedModel, ModelShape
-from genkit.models.loading import SAFETENSORS_FILE, read_generation_defaults, read_state_dict
+from genkit.models.loading import (
+    SAFETENSORS_FILE,
+    check_layer_count,
+    read_generation_defaults,
+    read_state_dict,
+)
 from genkit.models.tokenizer import CharTokenizer, load_tokenizer
 
 MODEL_TYPE = "genkit-toy"
@@ -70,6 +75,8 @@ class ToyConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ToyConfig:
         """Build a config from ``config.json`` contents, ignoring keys that are not fields (``model_type``)."""
+        if "vocab_size" not in data:
+            raise ConfigError("missing vocab_size: expected an integer >= 1, the size of the character alphabet")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in names})
 
@@ -224,10 +231,11 @@ def save_toy(
     """
     from safetensors.torch import save_file
 
-    if tokenizer.vocab_size > model.config.vocab_size:
+    # load_toy rejects a checkpoint whose alphabet and vocab_size differ, so save none.
+    if tokenizer.vocab_size != model.config.vocab_size:
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} characters but the model's vocab_size is "
-            f"{model.config.vocab_size}; build the model with vocab_size >= the tokenizer's"
+            f"{model.config.vocab_size}; build the model with vocab_size={tokenizer.vocab_size}"
         )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -256,26 +264,48 @@ def load_toy(
     """Build a :class:`ToyGPT` from a checkpoint folder whose ``config.json`` contents are ``config``.
 
     ``dtype`` None keeps the dtype the weights were saved in. Raises
-    :class:`CheckpointError` naming every missing, unexpected or mis-shaped tensor.
+    :class:`CheckpointError` for an invalid config field, an alphabet whose size is
+    not vocab_size, or missing, unexpected or mis-shaped tensors.
     """
     folder = Path(folder)
     try:
         toy_config = ToyConfig.from_dict(config)
     except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"invalid {folder / 'config.json'}: {exc}; re-save the checkpoint") from exc
-
-    tokenizer = load_tokenizer(folder)
-    if tokenizer.vocab_size > toy_config.vocab_size:
         raise CheckpointError(
-            f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but config.json sets "
-            f"vocab_size={toy_config.vocab_size}; the tokenizer does not belong to these weights"
+            f"{folder / 'config.json'}: {exc}; correct the field, or re-save the checkpoint with save_toy"
+        ) from exc
+
+    # Every id the model can sample must decode, and every character must have an embedding.
+    tokenizer = load_tokenizer(folder)
+    if tokenizer.vocab_size != toy_config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {folder} has {tokenizer.vocab_size} characters but config.json sets "
+            f"vocab_size={toy_config.vocab_size}; the tokenizer does not belong to these weights, "
+            "so re-save the checkpoint with save_toy"
         )
 
-    model = ToyGPT(toy_config)
+    # Compare sizes before building the model: 10**8 blocks take minutes to build even
+    # on the meta device, and a size above 2**62 overflows torch's size arithmetic.
     state = read_state_dict(folder)
-    _check_state_dict(state, model.state_dict(), folder)
+    check_layer_count(state, "blocks.", toy_config.n_layer, folder)
+    embeddings = {
+        "token_embedding.weight": (toy_config.vocab_size, toy_config.n_embd),
+        "position_embedding.weight": (toy_config.n_positions, toy_config.n_embd),
+    }
+    _check_state_dict(state, embeddings, folder, complete=False)
+
+    # The meta device allocates no memory, so the full check runs before any allocation.
+    with torch.device("meta"):
+        model = ToyGPT(toy_config)
+    _check_state_dict(state, {name: tuple(t.shape) for name, t in model.state_dict().items()}, folder)
     if dtype is None:
         dtype = state["token_embedding.weight"].dtype
+    if not dtype.is_floating_point:
+        raise CheckpointError(f"token_embedding.weight in {folder} has dtype {dtype}; expected a floating-point dtype")
+
+    # Copy the weights rather than assign them: safetensors memory-maps the file, so
+    # assigned tensors would change if the file were rewritten, as save_toy does.
+    model.to_empty(device="cpu")
     model.load_state_dict(state)
     model.to(device=device, dtype=dtype)
     model.eval()
@@ -290,21 +320,38 @@ def load_toy(
     )
 
 
-def _check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], folder: Path) -> None:
+def _check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    folder: Path,
+    complete: bool = True,
+) -> None:
+    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped tensors.
+
+    ``complete`` False compares only the shapes of the tensors in ``expected`` that ``state`` contains.
+    """
     problems = []
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state)) if complete else []
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    unexpected = sorted(set(state) - set(expected))
+        problems.append(f"missing tensors: {_listed(missing)}")
+    unexpected = sorted(set(state) - set(expected)) if complete else []
     if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-    for name in sorted(set(state) & set(expected)):
-        if state[name].shape != expected[name].shape:
-            problems.append(
-                f"{name} has shape {tuple(state[name].shape)}, config.json implies {tuple(expected[name].shape)}"
-            )
+        problems.append(f"unexpected tensors: {_listed(unexpected)}")
+    wrong_shapes = [
+        f"{name} has shape {tuple(state[name].shape)}, config.json implies {expected[name]}"
+        for name in sorted(set(state) & set(expected))
+        if tuple(state[name].shape) != expected[name]
+    ]
+    if wrong_shapes:
+        problems.append(_listed(wrong_shapes))
     if problems:
         raise CheckpointError(
             f"weights in {folder} do not match its config.json ({'; '.join(problems)}); "
             "re-save the checkpoint with save_toy or retrain it"
         )
+
+
+def _listed(items: list[str], limit: int = 5) -> str:
+    """Join the first ``limit`` items, so a config with a thousand extra blocks gives a readable message."""
+    joined = ", ".join(items[:limit])
+    return joined + (f" and {len(items) - limit} more" if len(items) > limit else "")
