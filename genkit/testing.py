@@ -11,6 +11,7 @@ docs/plugins.md shows each helper at work.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -179,3 +180,20 @@ def run_sampler(
     if seed is not None:
         generator = torch.Generator(device=scores.device).manual_seed(seed)
     return sampler(input_ids, scores.clone(), generator)
+
+
+def write_distribution(folder: Path, name: str, version: str, entry_point: str, module: str, source: str) -> Path:
+    """Write a minimal installed distribution into ``folder`` with the ``genkit`` entry point ``entry_point = module``.
+
+    The distribution's ``.dist-info`` folder and ``module.py`` (containing ``source``)
+    are real files, so with ``folder`` on ``sys.path`` the registry finds the entry
+    point through ``importlib.metadata`` exactly as it finds a pip-installed plugin.
+    Returns ``folder``.
+    """
+    folder = Path(folder)
+    dist_info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (dist_info / "entry_points.txt").write_text(f"[genkit]\n{entry_point} = {module}\n")
+    (folder / f"{module}.py").write_text(source)
+    return folder

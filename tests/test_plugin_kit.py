@@ -23,7 +23,14 @@ from genkit.models.tokenizer import CharTokenizer
 from genkit.models.toy import ToyConfig, ToyGPT
 from genkit.registry import KINDS, Registry, get_registry, set_registry
 from genkit.specs import CacheSpec, ModelSpec, ProcessorSpec, SamplerSpec, StoppingSpec
-from genkit.testing import plugin_registered, request_context, run_processor, run_sampler, tiny_generator
+from genkit.testing import (
+    plugin_registered,
+    request_context,
+    run_processor,
+    run_sampler,
+    tiny_generator,
+    write_distribution,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_GUIDE = REPO_ROOT / "docs" / "plugins.md"
@@ -216,17 +223,14 @@ def test_plugin_registered_propagates_duplicate():
 @pytest.fixture
 def installed_module_plugin(tmp_path, monkeypatch):
     """Install, on sys.path, a distribution whose genkit entry point is a module with a sampler hook."""
-    dist_info = tmp_path / "kit_module_plugin-1.2.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kit-module-plugin\nVersion: 1.2\n")
-    (dist_info / "entry_points.txt").write_text("[genkit]\nkit_module = kit_module_plugin_mod\n")
-    (tmp_path / "kit_module_plugin_mod.py").write_text(
+    source = (
         "import genkit\n"
         "from genkit.specs import SamplerSpec\n\n"
         "@genkit.hookimpl\n"
         "def register_samplers(register):\n"
         "    register(SamplerSpec('kit_module_sampler', lambda ctx: None, description='test'))\n"
     )
+    write_distribution(tmp_path, "kit-module-plugin", "1.2", "kit_module", "kit_module_plugin_mod", source)
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("kit_module_plugin_mod")
     yield module
@@ -527,16 +531,8 @@ def test_model_plugin_duplicate_of_builtin():
 @pytest.fixture
 def bad_signature_distribution(tmp_path, monkeypatch):
     """Install, on sys.path, a distribution whose hook takes an argument the hookspec lacks."""
-    dist_info = tmp_path / "kit_bad_signature-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kit-bad-signature\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text("[genkit]\nkit_bad_signature = kit_bad_signature_mod\n")
-    (tmp_path / "kit_bad_signature_mod.py").write_text(
-        "import genkit\n\n"
-        "@genkit.hookimpl\n"
-        "def register_samplers(register, registry):\n"
-        "    pass\n"
-    )
+    source = "import genkit\n\n@genkit.hookimpl\ndef register_samplers(register, registry):\n    pass\n"
+    write_distribution(tmp_path, "kit-bad-signature", "0.1", "kit_bad_signature", "kit_bad_signature_mod", source)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     sys.modules.pop("kit_bad_signature_mod", None)

@@ -12,7 +12,7 @@ import genkit
 from genkit.errors import DuplicateNameError, PluginError, UnknownNameError
 from genkit.registry import KINDS, Registry
 from genkit.specs import ProcessorSpec, SamplerSpec, StoppingSpec
-from genkit.testing import plugin_registered, tiny_generator
+from genkit.testing import plugin_registered, tiny_generator, write_distribution
 
 BUILTIN_PLUGINS = {"builtin_caches", "builtin_models", "builtin_processors", "builtin_samplers", "builtin_stopping"}
 
@@ -98,11 +98,8 @@ def test_wrong_spec_type_is_reported():
 @pytest.fixture
 def broken_distribution(tmp_path, monkeypatch):
     """Install, on sys.path, a real distribution whose genkit entry point fails to import."""
-    dist_info = tmp_path / "broken_genkit_plugin-0.3.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-genkit-plugin\nVersion: 0.3\n")
-    (dist_info / "entry_points.txt").write_text("[genkit]\nbroken = broken_genkit_plugin_mod\n")
-    (tmp_path / "broken_genkit_plugin_mod.py").write_text("raise ImportError('needs a package that is missing')\n")
+    source = "raise ImportError('needs a package that is missing')\n"
+    write_distribution(tmp_path, "broken-genkit-plugin", "0.3", "broken", "broken_genkit_plugin_mod", source)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     sys.modules.pop("broken_genkit_plugin_mod", None)
@@ -233,11 +230,8 @@ def test_misspelled_hook_is_error():
 @pytest.fixture
 def exiting_distribution(tmp_path, monkeypatch):
     """A real distribution whose genkit entry point calls sys.exit at import."""
-    dist_info = tmp_path / "exiting_genkit_plugin-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: exiting-genkit-plugin\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text("[genkit]\nexiting = exiting_genkit_plugin_mod\n")
-    (tmp_path / "exiting_genkit_plugin_mod.py").write_text("import sys\nsys.exit(3)\n")
+    source = "import sys\nsys.exit(3)\n"
+    write_distribution(tmp_path, "exiting-genkit-plugin", "0.1", "exiting", "exiting_genkit_plugin_mod", source)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     sys.modules.pop("exiting_genkit_plugin_mod", None)
