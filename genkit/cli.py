@@ -83,18 +83,21 @@ def add_generate_parser(subparsers) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="compute dtype (default: the checkpoint's)")
+
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--do-sample", dest="do_sample", action="store_true", default=None,
                           help="sample from the processed distribution")
     sampling.add_argument("--greedy", dest="do_sample", action="store_false", help="take the argmax (do_sample=False)")
     for name, kind, help_text in GENERATION_FLAGS:
         parser.add_argument(_flag(name), dest=name, type=kind, default=None, help=help_text)
+
     parser.add_argument("--eos-token-id", dest="eos_token_id", type=int, action="append", default=None,
                         help="EOS token id; repeat for several (default: the model's)")
     parser.add_argument("--stop", dest="stop_strings", action="append", default=None,
                         help="stop when the output contains this string; repeat for several")
     parser.add_argument("--include-stop-str-in-output", dest="include_stop_str_in_output", action="store_true",
                         default=None, help="keep the matched stop string in the returned text")
+
     parser.add_argument("--logits-processor", dest="logits_processors", action="append", default=None,
                         metavar="NAME", help="add a registered logits processor by name; repeat for several")
     parser.add_argument("--stopping-criterion", dest="stopping_criteria", action="append", default=None,
@@ -103,8 +106,10 @@ def add_generate_parser(subparsers) -> None:
                         default=None, help="options for the sampler's build function, as a JSON object")
     parser.add_argument("--cache-options", dest="cache_options", type=_json_value("cache_options"),
                         default=None, help="options for the KV cache's build function, as a JSON object")
+
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
     parser.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON object per token)")
+
     parser.set_defaults(handler=run_generate)
 
 

@@ -69,7 +69,7 @@ def to_transformers(
             f"building processor {processor!r} by name needs a RequestContext; "
             "make one with genkit.testing.request_context(vocab_size=..., **config)"
         )
-    # NOTE: a wrapped processor never sees the attention mask of transformers'
+    # NOTE: a wrapped processor never receives the attention mask of transformers'
     # generate(). For a left-padded batch, set padding_lengths in the context, or the
     # repetition penalty and DRY count the padding tokens.
     spec = (registry or get_registry()).lookup("processors", processor).spec

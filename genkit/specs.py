@@ -4,7 +4,7 @@ A plugin registers *specs*: a name plus a ``build`` function. The planner calls
 ``build`` once per request and gets back a plain object (a logits processor, a
 sampler, a stopping criterion or a KV cache) that the decode loop calls per token.
 
-Shapes: ``input_ids`` is ``(batch, seq)`` and holds the prompt (left-padded in a
+Shapes: ``input_ids`` is ``(batch, seq)`` and contains the prompt (left-padded in a
 batch) followed by the tokens generated so far; ``scores`` is ``(batch, vocab)``
 float32 logits of the next position.
 """

@@ -50,7 +50,7 @@ class CausalLM(Protocol):
 class LoadedModel:
     """A model ready for generation: network, tokenizer and the checkpoint's generation defaults.
 
-    ``generation_defaults`` holds the fields of ``generation_config.json`` (an empty
+    ``generation_defaults`` contains the fields of ``generation_config.json`` (an empty
     dict when the checkpoint has none); they override genkit's defaults and are
     overridden by the request.
     """

@@ -437,7 +437,7 @@ def load_gpt2(
             model_config.vocab_size,
         )
     elif tokenizer.vocab_size < model_config.vocab_size:
-        # Some checkpoints pad the vocabulary, to a multiple of 64 say, because GPU matmuls
+        # Some checkpoints pad the vocabulary, for example to a multiple of 64, because GPU matmuls
         # run faster on such sizes. The extra ids have no token and decode to empty text.
         logger.warning(
             "the tokenizer in %s has %d tokens but the model's vocab_size is %d; "

@@ -108,7 +108,7 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str = "main") -> Path:
-    """Return the folder that holds the checkpoint named by a path, a shipped name or a hub id."""
+    """Return the folder that contains the checkpoint named by a path, a shipped name or a hub id."""
     name = str(name_or_path)
     if not name.strip():
         raise ModelNotFoundError("empty model name; pass a checkpoint folder, a hub id such as 'gpt2', or omit it")

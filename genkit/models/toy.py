@@ -184,7 +184,7 @@ class ToyGPT(nn.Module):
     ) -> torch.Tensor:
         """Run ``input_ids`` (B, T) at ``position_ids`` (B, T) and return logits (B, T, V).
 
-        ``cache`` holds the keys and values of earlier positions and receives this
+        ``cache`` contains the keys and values of earlier positions and receives this
         pass's. ``padding_mask`` is (B, S) with 0 at left padding, or None.
         Positions must be below ``n_positions``; the caller checks that.
         ``last_only`` returns logits (B, 1, V) of the last position only.

@@ -7,7 +7,7 @@ All but ``LogitBiasLogitsProcessor`` return the same scores as their transformer
 per-token additive bias.
 
 With ``vocab_size`` given, a class rejects token ids outside the vocabulary when it
-is built. Without it, each class handles them on the first call as its docstring says.
+is built. Without it, each class handles them on the first call as its docstring describes.
 """
 
 from __future__ import annotations
