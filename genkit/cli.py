@@ -1,4 +1,4 @@
-"""The ``genkit`` command line: generate, plugins, train-toy."""
+"""The ``genkit`` command line: generate, plugins, train-toy, kv-memory, bench, profile."""
 
 from __future__ import annotations
 
@@ -249,6 +249,30 @@ def add_train_toy_parser(subparsers) -> None:
     parser.set_defaults(handler=run_train_toy)
 
 
+def add_kv_memory_parser(subparsers) -> None:
+    from genkit.kvmemory import add_kv_memory_arguments, run_kv_memory
+
+    parser = subparsers.add_parser("kv-memory", help="KV cache bytes for a model config, dtype, batch and length")
+    add_kv_memory_arguments(parser)
+    parser.set_defaults(handler=run_kv_memory)
+
+
+def add_bench_parser(subparsers) -> None:
+    from genkit.benchmark import add_bench_arguments, run_bench
+
+    parser = subparsers.add_parser("bench", help="sweep prompt and generation lengths; timings, JSON and plots")
+    add_bench_arguments(parser)
+    parser.set_defaults(handler=run_bench)
+
+
+def add_profile_parser(subparsers) -> None:
+    from genkit.profiling import add_profile_arguments, run_profile
+
+    parser = subparsers.add_parser("profile", help="split one request's decode step into its parts")
+    add_profile_arguments(parser)
+    parser.set_defaults(handler=run_profile)
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser that reports a usage error as one ``genkit: error:`` line, like main() reports the rest."""
 
@@ -263,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(subparsers)
     add_plugins_parser(subparsers)
     add_train_toy_parser(subparsers)
+    add_kv_memory_parser(subparsers)
+    add_bench_parser(subparsers)
+    add_profile_parser(subparsers)
     return parser
 
 

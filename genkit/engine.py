@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from genkit.caches.base import CacheUsage
 from genkit.config import GenerationConfig
 from genkit.detokenizer import IncrementalDetokenizer
 from genkit.devices import resolve_device
@@ -61,7 +62,9 @@ class GenerationStats:
     decode_tokens_per_s: float = 0.0
     total_s: float = 0.0
     inter_token_latencies_s: list[float] = field(default_factory=list)
-    kv_cache_bytes: int = 0
+    kv_cache_bytes: int = 0  # peak bytes of key/value storage held during the request
+    kv_cache_allocated_slots: int = 0  # at that peak: token positions reserved (rows x positions)
+    kv_cache_used_slots: int = 0  # at that peak: token positions written
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,8 +111,8 @@ class GenerationState:
     plan: Plan
     config: GenerationConfig
     input_ids: torch.Tensor  # (B, S): left-padded prompts, then generated tokens
-    padding_mask: torch.Tensor | None  # (B, S), 0 at left padding; None when no row is padded
-    next_positions: torch.Tensor  # (B, 1) position id of the next token fed
+    padding_mask: torch.Tensor | None  # (R, S) for the R rows the model still runs, 0 at left padding; None: no padding
+    next_positions: torch.Tensor  # (R, 1) position id of the next token fed
     finished: torch.Tensor  # (B,) bool
     finish_reasons: list[str | None]
     prompt_ids: list[list[int]]
@@ -123,6 +126,10 @@ class GenerationState:
     emitted_chars: list[int] = field(default_factory=list)  # streamed text length per row
     stop_strings: list[str] = field(default_factory=list)
     criteria_by_reason: dict[str, Any] = field(default_factory=dict)
+    # Rows of the full batch that the model still runs (R of them), or None for all B.
+    # Finished rows leave the model's batch when the cache supports select_rows.
+    model_rows: torch.Tensor | None = None
+    peak_usage: CacheUsage | None = None
 
     @property
     def done(self) -> bool:
@@ -241,7 +248,7 @@ class Generator:
         # window of max_positions tokens still yields one more token.
         window = shape.max_positions + 1
         max_length = longest + max_new_tokens
-        if max_length > window:
+        if max_length > window and not self._extends_context(config.cache):
             logger.warning(
                 "prompt (%d tokens) + max_new_tokens (%d) exceeds the context window of %d positions; "
                 "generation stops with finish reason 'length' after %d tokens",
@@ -277,6 +284,13 @@ class Generator:
             pad_token_id=pad,
             padding_lengths=tuple(longest - len(ids) for ids in prompt_ids),
         )
+
+    def _extends_context(self, cache_name: str) -> bool:
+        """Return True when the named cache backend lets a request run past the model's positions."""
+        try:
+            return bool(self.registry.lookup("caches", cache_name).spec.extends_context)
+        except KeyError:
+            return False  # the planner reports the unknown name
 
     # ------------------------------------------------------------------ phases
 
@@ -341,6 +355,7 @@ class Generator:
         prefill_start = time.perf_counter()
         logits = self.model(input_ids, position_ids, plan.cache, padding_mask, last_only=True)  # (B, 1, V)
         state.last_events = self._select_next(state, logits[:, -1, :])
+        self._drop_finished_rows(state)
         synchronize(device)
         now = time.perf_counter()
         state.stats.prefill_s = now - prefill_start
@@ -355,12 +370,24 @@ class Generator:
             return []
         synchronize(self.device)
         step_start = time.perf_counter()
-        last = state.input_ids[:, -1:]  # (B, 1)
+        cache = state.plan.cache
+        rows = state.model_rows
+        last = state.input_ids[:, -1:] if rows is None else state.input_ids[rows, -1:]  # (R, 1)
         if state.padding_mask is not None:
             state.padding_mask = torch.cat([state.padding_mask, torch.ones_like(last)], dim=-1)
-        logits = self.model(last, state.next_positions, state.plan.cache, state.padding_mask)  # (B, 1, V)
+        positions = state.next_positions
+        if cache.extends_context:
+            positions = cache.position_ids(positions, self.loaded.shape.max_positions)
+        logits = self.model(last, positions, cache, state.padding_mask)[:, -1, :]  # (R, V)
         state.next_positions = state.next_positions + 1
-        events = self._select_next(state, logits[:, -1, :])
+        if rows is not None:
+            # Finished rows get zero logits; their token is replaced by the pad token anyway.
+            full = logits.new_zeros((state.batch_size, logits.shape[-1]))
+            full[rows] = logits
+            logits = full
+        events = self._select_next(state, logits)
+        if any(event.finish_reason is not None for event in events):
+            self._drop_finished_rows(state)
         synchronize(self.device)
         now = time.perf_counter()
 
@@ -423,6 +450,27 @@ class Generator:
             events.append(StreamEvent(row, token, delta, index, now, reason))
         return events
 
+    def _record_usage(self, state: GenerationState) -> None:
+        usage = state.plan.cache.usage()
+        if state.peak_usage is None or usage.bytes >= state.peak_usage.bytes:
+            state.peak_usage = usage
+
+    def _drop_finished_rows(self, state: GenerationState) -> None:
+        """Take finished rows out of the model's batch when the cache can select rows."""
+        if state.done or not bool(state.finished.any()):
+            return
+        current = torch.arange(state.batch_size, device=state.finished.device) if state.model_rows is None else state.model_rows
+        keep = (~state.finished[current]).nonzero().flatten()  # indices into the current model batch
+        if keep.numel() == current.numel():
+            return
+        self._record_usage(state)
+        if not state.plan.cache.select_rows(keep):
+            return
+        state.model_rows = current[keep]
+        state.next_positions = state.next_positions[keep]
+        if state.padding_mask is not None:
+            state.padding_mask = state.padding_mask[keep]
+
     def _visible_text(self, state: GenerationState, row: int) -> str:
         """Return the text of ``row`` that may be shown now.
 
@@ -449,7 +497,12 @@ class Generator:
         stats = state.stats
         stats.total_s = time.perf_counter() - state.start_time
         stats.decode_tokens_per_s = state.decode_tokens / stats.decode_s if stats.decode_s > 0 else 0.0
-        stats.kv_cache_bytes = state.plan.cache.memory_bytes()
+        self._record_usage(state)
+        peak = state.peak_usage
+        stats.kv_cache_bytes = peak.bytes
+        stats.kv_cache_allocated_slots = peak.allocated_slots
+        stats.kv_cache_used_slots = peak.used_slots
+        state.plan.cache.release()
         results = []
         for row, detokenizer in enumerate(state.detokenizers):
             if state.finish_reasons[row] is None:
@@ -491,14 +544,20 @@ class Generator:
 
 
 class GenerationStream:
-    """Iterator over the events of one streamed request; ``results`` is filled when it ends."""
+    """Iterator over the events of one streamed request; ``results`` is filled when it ends.
+
+    :meth:`cancel` stops the request early (Ctrl-C in the CLI): sequences still
+    running get finish reason ``"cancelled"`` and the results keep what was generated.
+    """
 
     def __init__(self, generator: Generator, prompts: Any, config: Any, kwargs: dict):
+        self._generator = generator
+        self._state: GenerationState | None = None
         self._events = self._iterate(generator, prompts, config, kwargs)
         self.results: list[GenerationResult] = []
 
     def _iterate(self, generator: Generator, prompts: Any, config: Any, kwargs: dict) -> Iterator[StreamEvent]:
-        state = generator.prefill(prompts, config, **kwargs)
+        state = self._state = generator.prefill(prompts, config, **kwargs)
         yield from state.last_events
         while not state.done:
             yield from generator.decode_step(state)
@@ -509,6 +568,24 @@ class GenerationStream:
 
     def __next__(self) -> StreamEvent:
         return next(self._events)
+
+    def cancel(self) -> list[GenerationResult]:
+        """Stop now and return the results so far; running sequences finish with reason ``"cancelled"``.
+
+        Returns an empty list when the prompt was not prefilled yet, and the
+        normal results when the request had already ended.
+        """
+        self._events.close()
+        if self.results or self._state is None:
+            return self.results
+        state = self._state
+        for row, reason in enumerate(state.finish_reasons):
+            if reason is None:
+                state.finish_reasons[row] = "cancelled"
+                state.detokenizers[row].flush()
+        state.finished[:] = True
+        self.results = self._generator._finish(state)
+        return self.results
 
     @property
     def result(self) -> GenerationResult:

@@ -134,11 +134,17 @@ class StoppingSpec:
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """A KV cache backend, chosen by ``GenerationConfig.cache``."""
+    """A KV cache backend, chosen by ``GenerationConfig.cache``.
+
+    ``extends_context`` tells the engine, before the cache is built, that the
+    backend keeps a bounded window and lets a request run past the model's maximum
+    positions (its KVCache sets the same attribute).
+    """
 
     name: str
     build: CacheBuild
     description: str = ""
+    extends_context: bool = False
 
 
 @dataclass(frozen=True)

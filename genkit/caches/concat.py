@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genkit.caches.base import KVCache
+from genkit.caches.base import CacheUsage, KVCache, tensor_bytes
 
 
 class ConcatKVCache(KVCache):
@@ -32,5 +32,17 @@ class ConcatKVCache(KVCache):
         stored = self.keys[layer]
         return 0 if stored is None else stored.shape[2]
 
-    def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+    def usage(self) -> CacheUsage:
+        stored = self.keys[0]
+        slots = 0 if stored is None else stored.shape[0] * stored.shape[2]
+        held = tensor_bytes(*self.keys, *self.values)
+        return CacheUsage(allocated_slots=slots, used_slots=slots, bytes=held, pool_bytes=held)
+
+    def select_rows(self, rows: torch.Tensor) -> bool:
+        self.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, rows) for v in self.values]
+        return True
+
+    def release(self) -> None:
+        self.keys = [None] * len(self.keys)
+        self.values = [None] * len(self.values)

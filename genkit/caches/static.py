@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genkit.caches.base import KVCache
+from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, tensor_bytes
 
 
 class StaticKVCache(KVCache):
@@ -36,8 +36,9 @@ class StaticKVCache(KVCache):
         start = self.lengths[layer]
         end = start + key.shape[2]
         if end > self.max_length:
-            raise RuntimeError(
-                f"static KV cache overflow: {end} positions requested, {self.max_length} allocated"
+            raise CacheCapacityError(
+                f"static KV cache overflow: a sequence needs {end} positions but {self.max_length} are "
+                "allocated; raise cache_options max_length or lower max_new_tokens"
             )
         self.keys[layer][:, :, start:end] = key
         self.values[layer][:, :, start:end] = value
@@ -48,5 +49,19 @@ class StaticKVCache(KVCache):
     def length(self, layer: int = 0) -> int:
         return self.lengths[layer]
 
-    def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+    def usage(self) -> CacheUsage:
+        rows = self.keys[0].shape[0] if self.keys else 0
+        held = tensor_bytes(*self.keys, *self.values)
+        return CacheUsage(
+            allocated_slots=rows * self.max_length, used_slots=rows * self.lengths[0], bytes=held, pool_bytes=held
+        )
+
+    def select_rows(self, rows: torch.Tensor) -> bool:
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        return True
+
+    def release(self) -> None:
+        # New empty tensors: a zero-row view would keep the old storage alive.
+        self.keys = [k.new_empty((0, *k.shape[1:])) for k in self.keys]
+        self.values = [v.new_empty((0, *v.shape[1:])) for v in self.values]
