@@ -158,11 +158,15 @@ class Generator:
     >>> gen.generate("ROMEO:", max_new_tokens=40).text
     """
 
-    def __init__(self, loaded: LoadedModel, registry: Registry | None = None):
+    def __init__(self, loaded: LoadedModel, registry: Registry | None = None, compile: bool = False):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.registry = registry or get_registry()
+        # With compile=True, requests default to the graph cache and its decode steps
+        # run through torch.compile (compiled on first use, once per batch size and capacity).
+        self.compile = compile
+        self._compiled_model: Any = None
 
     @classmethod
     def from_pretrained(
@@ -171,13 +175,17 @@ class Generator:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         registry: Registry | None = None,
+        compile: bool = False,
     ) -> Generator:
-        """Load a checkpoint (path, shipped name or cached hub id; None for the default toy model)."""
+        """Load a checkpoint (path, shipped name or cached hub id; None for the default toy model).
+
+        ``compile=True`` turns on the compiled decode path (see :class:`Generator`).
+        """
         from genkit.models.loading import load_model
 
         registry = registry or get_registry()
         device = resolve_device(device)
-        return cls(load_model(name_or_path, device=device, dtype=dtype, registry=registry), registry)
+        return cls(load_model(name_or_path, device=device, dtype=dtype, registry=registry), registry, compile)
 
     @property
     def device(self) -> torch.device:
@@ -187,7 +195,10 @@ class Generator:
 
     def make_config(self, config: Any = None, **kwargs: Any) -> GenerationConfig:
         """Merge the checkpoint's generation defaults, ``config`` and keyword overrides."""
-        return GenerationConfig.build(self.loaded.generation_defaults, config, **kwargs)
+        defaults = self.loaded.generation_defaults
+        if self.compile and "cache" not in defaults:
+            defaults = {**defaults, "cache": "graph"}
+        return GenerationConfig.build(defaults, config, **kwargs)
 
     def encode_prompt(self, prompt: Prompt, label: str = "prompt") -> list[int]:
         """Turn text or token ids into a checked list of token ids; ``label`` names the prompt in errors."""
@@ -378,7 +389,11 @@ class Generator:
         positions = state.next_positions
         if cache.extends_context:
             positions = cache.position_ids(positions, self.loaded.shape.max_positions)
-        logits = self.model(last, positions, cache, state.padding_mask)[:, -1, :]  # (R, V)
+        model = self.model
+        if self.compile and getattr(cache, "graph_safe", False):
+            model = self._compiled()
+            last = last.clone(memory_format=torch.contiguous_format)  # fixed strides: no recompilation
+        logits = model(last, positions, cache, state.padding_mask)[:, -1, :]  # (R, V)
         state.next_positions = state.next_positions + 1
         if rows is not None:
             # Finished rows get zero logits; their token is replaced by the pad token anyway.
@@ -449,6 +464,12 @@ class Generator:
             index = len(state.detokenizers[row].token_ids) - 1
             events.append(StreamEvent(row, token, delta, index, now, reason))
         return events
+
+    def _compiled(self) -> Any:
+        """Return the model wrapped by torch.compile for fixed-shape decode steps (built once)."""
+        if self._compiled_model is None:
+            self._compiled_model = torch.compile(self.model, fullgraph=True, dynamic=False)
+        return self._compiled_model
 
     def _record_usage(self, state: GenerationState) -> None:
         usage = state.plan.cache.usage()

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from genkit.errors import GenerationError
+from genkit.models.attention import build_attention_mask
 
 
 class CacheCapacityError(GenerationError):
@@ -93,6 +94,19 @@ class KVCache:
     def memory_bytes(self) -> int:
         """Return the bytes held by key and value storage, allocated but unused space included."""
         return self.usage().bytes
+
+    def attention_mask(
+        self, padding_mask: torch.Tensor | None, new_length: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Build the mask a model passes to :meth:`attend` for a forward pass of ``new_length`` positions.
+
+        Models call it once per forward pass, before the first layer. The default is
+        a bool ``(batch, 1, new, logical)`` mask over logical positions from
+        ``padding_mask`` (``(batch, logical)``, 0 at left padding), or None when
+        plain causal attention is right. A backend with fixed-shape buffers returns
+        its own mask instead (see the graph cache).
+        """
+        return build_attention_mask(padding_mask, new_length, self.length(0), device)
 
     def position_ids(self, position_ids: torch.Tensor, max_positions: int) -> torch.Tensor:
         """Map the logical position ids of the next tokens to the ids the model embeds.

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from genkit.caches.base import KVCache
 from genkit.errors import CheckpointError
-from genkit.models.attention import build_attention_mask
 from genkit.models.base import LoadedModel, ModelShape
 from genkit.models.loading import (
     check_layer_count,
@@ -268,8 +267,7 @@ class GPT2(nn.Module):
         B, T = input_ids.size()
 
         # One mask for all layers, because every layer stores the same number of positions.
-        past_length = cache.length(0)
-        mask = build_attention_mask(padding_mask, T, past_length, input_ids.device)  # (B, 1, T, past + T) or None
+        mask = cache.attention_mask(padding_mask, T, input_ids.device)  # (B, 1, T, past + T) or None
 
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, C)
         for block in self.h:

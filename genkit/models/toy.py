@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from genkit.caches.base import KVCache
 from genkit.caches.concat import ConcatKVCache
 from genkit.errors import CheckpointError, ConfigError
-from genkit.models.attention import build_attention_mask
 from genkit.models.base import LoadedModel, ModelShape
 from genkit.models.loading import (
     SAFETENSORS_FILE,
@@ -191,7 +190,7 @@ class ToyGPT(nn.Module):
         """
         T = input_ids.shape[1]
         # One mask for all layers, built before any layer adds to the cache.
-        mask = build_attention_mask(padding_mask, T, cache.length(), input_ids.device)  # (B, 1, T, S) or None
+        mask = cache.attention_mask(padding_mask, T, input_ids.device)  # (B, 1, T, S) or None
 
         x = self.token_embedding(input_ids) + self.position_embedding(position_ids)  # (B, T, C)
         x = self.dropout(x)

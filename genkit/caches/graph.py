@@ -1,0 +1,130 @@
+"""The graph KV cache: fixed-shape buffers and a fixed-shape decode step, for ``torch.compile``.
+
+A compiled function is specialised to the shapes and Python values it saw, so a
+decode step whose key length grows by one each time would compile again and
+again. This backend keeps every shape of the decode step fixed: keys and values
+live in ``(batch, heads, capacity, head_dim)`` buffers, the write position is a
+tensor, and attention always reads the whole buffer with a mask of the positions
+written so far. The same step can then be compiled once per request shape, or
+captured in a CUDA graph.
+
+The price is attention over ``capacity`` positions at every step instead of the
+positions written so far, which is small next to the weights for the models
+genkit runs, and memory for ``capacity`` positions from the start, as in the static
+cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genkit.caches.base import CacheUsage, KVCache, tensor_bytes
+from genkit.errors import GenerationError
+from genkit.models.attention import build_attention_mask
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class GraphKVCache(KVCache):
+    """Static buffers with a decode step whose shapes and Python values never change.
+
+    Prefill (one forward pass of the whole prompt) runs as usual and fills
+    positions ``0..T-1``; after it, each forward pass must feed exactly one token
+    per row. ``capacity`` is the request's maximum length rounded up to
+    ``round_to`` positions, so that requests of similar length share one
+    compiled step.
+    """
+
+    name = "graph"
+    graph_safe = True  # the engine may run the decode step through torch.compile
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        shape = (batch_size, n_heads, capacity, head_dim)
+        self.n_layers = n_layers
+        self.capacity = capacity
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.written = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)  # key slots a query may see
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # next slot to write, as a tensor
+        self.prefilled = False
+
+    def length(self, layer: int = 0) -> int:
+        # Reads the position tensor (a device sync on GPU); the engine calls it
+        # only for bookkeeping, never inside the decode step.
+        return int(self.position.item())
+
+    def attention_mask(
+        self, padding_mask: torch.Tensor | None, new_length: int, device: torch.device
+    ) -> torch.Tensor | None:
+        if not self.prefilled:
+            return build_attention_mask(padding_mask, new_length, 0, device)
+        if new_length != 1:
+            raise GenerationError(
+                f"the graph KV cache takes one prompt forward pass, then one token per step; got {new_length} "
+                "tokens after the prompt. Use the static or concat cache for chunked prefill"
+            )
+        return None  # attend() masks with the written slots
+
+    def attend(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if not self.prefilled:
+            return self._prefill(layer, query, key, value, mask)
+        # Decode: write one slot at the position tensor, then attend over the whole buffer.
+        self.keys[layer].index_copy_(2, self.position, key)
+        self.values[layer].index_copy_(2, self.position, value)
+        if layer == 0:
+            self.written.index_fill_(1, self.position, True)
+        visible = self.written[:, None, None, :]  # (B, 1, 1, capacity)
+        out = F.scaled_dot_product_attention(query, self.keys[layer], self.values[layer], attn_mask=visible)
+        if layer == self.n_layers - 1:
+            self.position.add_(1)
+        return out
+
+    def _prefill(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        T = key.shape[2]
+        if T > self.capacity:
+            raise GenerationError(f"prompt of {T} positions exceeds the graph KV cache capacity of {self.capacity}")
+        self.keys[layer][:, :, :T] = key
+        self.values[layer][:, :, :T] = value
+        if layer == 0:
+            if mask is None:
+                self.written[:, :T] = True
+            else:
+                # The last query row of the prefill mask is True exactly at the row's real tokens.
+                self.written[:, :T] = mask[:, 0, -1, :]
+        if layer == self.n_layers - 1:
+            self.position.fill_(T)
+            self.prefilled = True
+        causal = mask is None and T > 1
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
+
+    def usage(self) -> CacheUsage:
+        rows = self.written.shape[0]
+        held = tensor_bytes(*self.keys, *self.values)
+        return CacheUsage(
+            allocated_slots=rows * self.capacity, used_slots=rows * self.length(), bytes=held, pool_bytes=held
+        )
+
+    def release(self) -> None:
+        self.keys = [k.new_empty((0, *k.shape[1:])) for k in self.keys]
+        self.values = [v.new_empty((0, *v.shape[1:])) for v in self.values]
