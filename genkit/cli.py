@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any, Callable, NoReturn
 
-from genkit.errors import ConfigError, GenkitError
+from genkit.errors import ConfigError, GenkitError, PromptError
 
 logger = logging.getLogger("genkit")
 
@@ -77,7 +77,10 @@ def _flag(name: str) -> str:
 
 def add_generate_parser(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="generate text from one or more prompts")
-    parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text; several prompts run as one batch")
+    parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text; several prompts run as one batch")
+    parser.add_argument("--prompt-file", dest="prompt_file", default=None, metavar="PATH",
+                        help="read more prompts from this UTF-8 file, one per line (empty lines are skipped); "
+                        "'-' reads standard input")
     parser.add_argument("--model", default=None, help="checkpoint folder, shipped name or cached hub id "
                         "(default: the shipped toy-shakespeare model)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -107,8 +110,11 @@ def add_generate_parser(subparsers) -> None:
     parser.add_argument("--cache-options", dest="cache_options", type=_json_value("cache_options"),
                         default=None, help="options for the KV cache's build function, as a JSON object")
 
-    parser.add_argument("--stream", action="store_true", help="print text as it is generated")
-    parser.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON object per token)")
+    parser.add_argument("--stream", action="store_true",
+                        help="print text as it is generated; Ctrl-C stops and prints the statistics so far")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per line: one per prompt, or with --stream one per token "
+                        "(with its time in seconds) and then one per prompt")
 
     parser.set_defaults(handler=run_generate)
 
@@ -136,60 +142,133 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """Return the prompts given as arguments, then those of ``--prompt-file``, in order."""
+    prompts = list(args.prompts)
+    if args.prompt_file is not None:
+        prompts += read_prompt_file(args.prompt_file)
+    if not prompts:
+        raise PromptError("no prompt given: pass PROMPT arguments or --prompt-file PATH ('-' for standard input)")
+    return prompts
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """Read one prompt per line from a UTF-8 file or, for ``-``, standard input.
+
+    Line endings (``\\n`` or ``\\r\\n``) and a leading byte order mark are removed,
+    and empty lines are skipped. Every other line is a prompt exactly as written,
+    spaces included.
+    """
+    name = "standard input" if path == "-" else f"prompt file {path}"
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+    except FileNotFoundError:
+        raise PromptError(f"{name} not found; check the path, or pass '-' to read standard input") from None
+    except IsADirectoryError:
+        raise PromptError(f"{name} is a directory; pass a text file with one prompt per line") from None
+    except OSError as exc:
+        raise PromptError(f"cannot read {name}: {exc.strerror}") from None
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PromptError(
+            f"{name} is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+    lines = text.removeprefix("\ufeff").split("\n")
+    prompts = [line.removesuffix("\r") for line in lines]
+    prompts = [prompt for prompt in prompts if prompt]
+    if not prompts:
+        raise PromptError(f"{name} contains no prompts: write one prompt per line")
+    return prompts
+
+
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from genkit.engine import Generator
 
+    prompts = read_prompts(args)
+    kwargs = generation_kwargs(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     generator = Generator.from_pretrained(args.model, device=args.device, dtype=dtype)
-    kwargs = generation_kwargs(args)
-    prompts = args.prompts
     if args.stream:
         return _stream(generator, prompts, kwargs, args.json)
 
     results = generator.generate_batch(prompts, **kwargs)
     if args.json:
-        payloads = [r.to_dict() for r in results]
-        output = payloads[0] if len(payloads) == 1 else {"model": generator.loaded.name, "results": payloads}
-        print(json.dumps(output, ensure_ascii=False))
+        for index, (prompt, result) in enumerate(zip(prompts, results)):
+            print(json.dumps(_result_payload(index, prompt, result), ensure_ascii=False))
         return 0
     for index, (prompt, result) in enumerate(zip(prompts, results)):
         if index:
             print("\n" + "-" * 40)
         print(prompt + result.text)
-    _print_stats(results[0].stats, results)
+    _print_stats(results)
     return 0
+
+
+def _result_payload(index: int, prompt: str, result) -> dict[str, Any]:
+    return {"index": index, "prompt": prompt, **result.to_dict()}
 
 
 def _stream(generator, prompts: list[str], kwargs: dict, as_json: bool) -> int:
-    stream = generator.stream(prompts, **kwargs)
+    """Print events as the worker thread generates them; Ctrl-C cancels and prints the partial statistics.
+
+    Generation runs in a worker thread, so Ctrl-C interrupts this thread's wait for
+    the next event and never a forward pass: the worker stops between decode steps
+    and the results stay consistent.
+    """
+    from genkit.streaming import ThreadedStream
+
+    stream = ThreadedStream(generator, prompts, **kwargs)
     single = len(prompts) == 1
-    if single and not as_json:
-        sys.stdout.write(prompts[0])
-    for event in stream:
-        if as_json:
-            print(json.dumps({"event": "token", "sequence": event.sequence, "token_id": event.token_id,
-                              "text": event.text, "index": event.index, "time_s": event.time_s,
-                              "finish_reason": event.finish_reason}, ensure_ascii=False), flush=True)
-        elif single:
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
-        elif event.text:
-            print(f"[{event.sequence}] {event.text!r}", flush=True)
+    interrupted = False
+    echoed_prompt = False  # written with the first token, so that a failed request prints nothing to stdout
+    try:
+        for event in stream:
+            if as_json:
+                print(json.dumps({"event": "token", "sequence": event.sequence, "token_id": event.token_id,
+                                  "text": event.text, "index": event.index, "time_s": event.time_s,
+                                  "finish_reason": event.finish_reason}, ensure_ascii=False), flush=True)
+            elif single:
+                if not echoed_prompt:
+                    sys.stdout.write(prompts[0])
+                    echoed_prompt = True
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif event.text:
+                print(f"[{event.sequence}] {event.text!r}", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        stream.cancel()
+
+    results = stream.results
     if as_json:
-        for result in stream.results:
-            print(json.dumps({"event": "done", **result.to_dict()}, ensure_ascii=False))
-    else:
+        for index, (prompt, result) in enumerate(zip(prompts, results)):
+            print(json.dumps({"event": "done", **_result_payload(index, prompt, result)}, ensure_ascii=False))
+    elif single and echoed_prompt:
         sys.stdout.write("\n")
-        _print_stats(stream.results[0].stats, stream.results)
-    return 0
+    sys.stdout.flush()
+    if results and (interrupted or not as_json):
+        _print_stats(results, interrupted)
+    elif interrupted:
+        print("genkit: interrupted before the first token", file=sys.stderr)
+    return 130 if interrupted else 0
 
 
-def _print_stats(stats, results) -> None:
+def _print_stats(results, interrupted: bool = False) -> None:
+    """Print one line of statistics for the request to standard error."""
+    stats = results[0].stats  # request-wide timings are the same in every result
     reasons = ", ".join(r.finish_reason for r in results)
+    prefix = "interrupted: " if interrupted else ""
     print(
-        f"[{sum(r.stats.generated_tokens for r in results)} tokens, finish: {reasons}, "
+        f"[{prefix}{sum(r.stats.generated_tokens for r in results)} tokens, finish: {reasons}, "
         f"TTFT {stats.ttft_s * 1000:.1f} ms, decode {stats.decode_tokens_per_s:.1f} tokens/s]",
         file=sys.stderr,
     )

@@ -39,6 +39,8 @@ Prompt = str | Sequence[int] | torch.Tensor
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work so that a clock read measures finished work."""
+    if device.type == "cpu":
+        return
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -129,11 +131,12 @@ class GenerationState:
     # Rows of the full batch that the model still runs (R of them), or None for all B.
     # Finished rows leave the model's batch when the cache supports select_rows.
     model_rows: torch.Tensor | None = None
+    finished_count: int = 0  # rows finished so far; kept in Python so the loop needs no device read
     peak_usage: CacheUsage | None = None
 
     @property
     def done(self) -> bool:
-        return bool(self.finished.all())
+        return self.finished_count == len(self.finish_reasons)
 
     @property
     def batch_size(self) -> int:
@@ -167,6 +170,8 @@ class Generator:
         # run through torch.compile (compiled on first use, once per batch size and capacity).
         self.compile = compile
         self._compiled_model: Any = None
+        # Read once: looking the device up from the parameters costs microseconds per token.
+        self._device = loaded.device
 
     @classmethod
     def from_pretrained(
@@ -189,7 +194,7 @@ class Generator:
 
     @property
     def device(self) -> torch.device:
-        return self.loaded.device
+        return self._device
 
     # ------------------------------------------------------------------ request
 
@@ -379,7 +384,8 @@ class Generator:
         """Feed the last token of every sequence and pick the next one; return the new events."""
         if state.done:
             return []
-        synchronize(self.device)
+        device = self._device
+        synchronize(device)
         step_start = time.perf_counter()
         cache = state.plan.cache
         rows = state.model_rows
@@ -403,7 +409,7 @@ class Generator:
         events = self._select_next(state, logits)
         if any(event.finish_reason is not None for event in events):
             self._drop_finished_rows(state)
-        synchronize(self.device)
+        synchronize(device)
         now = time.perf_counter()
 
         state.stats.decode_s += now - step_start
@@ -429,12 +435,14 @@ class Generator:
             ) from exc
 
         # Finished rows keep receiving the pad token, as in transformers, so the batch stays rectangular.
-        was_finished = state.finished.clone()
-        tokens = torch.where(was_finished, torch.full_like(tokens, plan.context.pad_token_id), tokens)
+        if state.finished_count:
+            skip = state.finished.tolist()
+            tokens = torch.where(state.finished, torch.full_like(tokens, plan.context.pad_token_id), tokens)
+        else:
+            skip = [False] * len(state.detokenizers)
         state.input_ids = torch.cat([state.input_ids, tokens[:, None]], dim=-1)
 
         token_list = tokens.tolist()
-        skip = was_finished.tolist()
         for row, token in enumerate(token_list):
             if not skip[row]:
                 state.detokenizers[row].add(token)
@@ -442,13 +450,19 @@ class Generator:
 
         for reason, criterion in plan.stopping:
             hit = criterion(state.input_ids, scores, texts=texts, detokenizers=state.detokenizers)
-            if not isinstance(hit, torch.Tensor):
-                hit = torch.full_like(state.finished, bool(hit))
-            newly = hit.to(state.finished.device) & ~state.finished
-            if newly.any():
-                for row in newly.nonzero().flatten().tolist():
+            if isinstance(hit, torch.Tensor):
+                newly = hit.to(state.finished.device) & ~state.finished
+                if not newly.any():
+                    continue
+            elif hit:
+                newly = ~state.finished
+            else:
+                continue
+            for row in newly.nonzero().flatten().tolist():
+                if state.finish_reasons[row] is None:
                     state.finish_reasons[row] = reason
-                state.finished |= newly
+                    state.finished_count += 1
+            state.finished |= newly
 
         now = time.perf_counter() - state.start_time
         events = []
@@ -478,9 +492,11 @@ class Generator:
 
     def _drop_finished_rows(self, state: GenerationState) -> None:
         """Take finished rows out of the model's batch when the cache can select rows."""
-        if state.done or not bool(state.finished.any()):
+        if state.done or state.finished_count == 0:
             return
-        current = torch.arange(state.batch_size, device=state.finished.device) if state.model_rows is None else state.model_rows
+        current = state.model_rows
+        if current is None:
+            current = torch.arange(state.batch_size, device=state.finished.device)
         keep = (~state.finished[current]).nonzero().flatten()  # indices into the current model batch
         if keep.numel() == current.numel():
             return
@@ -605,6 +621,7 @@ class GenerationStream:
                 state.finish_reasons[row] = "cancelled"
                 state.detokenizers[row].flush()
         state.finished[:] = True
+        state.finished_count = len(state.finish_reasons)
         self.results = self._generator._finish(state)
         return self.results
 

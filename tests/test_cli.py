@@ -122,7 +122,7 @@ def test_train_toy_then_generate(tmp_path):
         (["generate", "x", "--model", "nosuchorg/nosuchmodel"], "`hf download nosuchorg/nosuchmodel`"),
         (["generate", ""], "empty prompt"),
         (["generate", "JULIET:"], "'J'"),
-        (["generate", "ROMEO:", "--cache", "paged"], "unknown KV cache 'paged'; available: concat, static"),
+        (["generate", "ROMEO:", "--cache", "ring-buffer"], "unknown KV cache 'ring-buffer'; available: concat, "),
         (["generate", "ROMEO:", "--do-sample", "--temperature", "0"], "temperature=0.0"),
         (["generate", "ROMEO:", "--max-new-tokens", "0"], "max_new_tokens=0"),
         (["generate", "ROMEO:", "--top-p", "1.5"], "top_p=1.5"),

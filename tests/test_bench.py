@@ -1,0 +1,260 @@
+"""`genkit bench`: sweeps on real models, the JSON report, the plots, the byte counts and bad input.
+
+Speed is not checked here: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genkit.benchmark import plan_cells
+from genkit.cli import main
+from genkit.errors import ConfigError
+from genkit.hardware import kv_bytes_per_position, measure_memory_bandwidth, weight_bytes_per_step
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("latency_breakdown.png", "throughput.png", "decode_fraction.png", "latency_vs_gen_length.png")
+RUN_FIELDS = ("ttft_s", "prefill_s", "prefill_tokens_per_s", "decode_s", "decode_tokens_per_s", "itl_p50_s",
+              "itl_p99_s", "total_s", "decode_fraction")
+
+
+def run_bench(tmp_path: Path, *flags: str) -> dict:
+    out = tmp_path / "out"
+    code = main(["bench", "--out", str(out), "--bandwidth-mib", "8", "--threads", "1", *flags])
+    assert code == 0
+    return json.loads((out / "bench.json").read_text())
+
+
+def check_run_values(run: dict) -> None:
+    for name in RUN_FIELDS:
+        assert run[name] > 0, f"{name} = {run[name]} in {run}"
+    assert run["itl_p50_s"] <= run["itl_p99_s"]
+    assert run["prefill_s"] <= run["ttft_s"] + 1e-9
+    # The total is TTFT plus the decode steps plus the gaps between steps. The
+    # tests run at most two repeats, whose median is the mean, so the sum holds for medians.
+    assert run["total_s"] >= run["ttft_s"] + run["decode_s"] - 1e-9
+    assert run["total_s"] == pytest.approx(run["ttft_s"] + run["decode_s"] + run["other_s"], abs=1e-9)
+    # A loaded machine can pause the process between steps, so the gaps get a wide bound.
+    assert run["other_s"] < 0.1 + 0.5 * run["total_s"]
+    assert 0 < run["decode_fraction"] <= 1
+    expected_prefill_rate = run["batch_size"] * run["prompt_length"] / run["prefill_s"]
+    assert run["prefill_tokens_per_s"] == pytest.approx(expected_prefill_rate)
+    assert len(run["total_s_samples"]) >= 1
+
+
+def test_toy_sweep_report_and_plots(tmp_path):
+    report = run_bench(tmp_path, "--prompt-lengths", "4,8", "--gen-lengths", "3,6", "--repeats", "2")
+
+    assert report["schema"] == "genkit-bench/1"
+    assert report["model"]["model_type"] == "genkit-toy"
+    assert report["settings"]["prompt_lengths"] == [4, 8]
+    assert report["settings"]["gen_lengths"] == [3, 6]
+    assert report["bandwidth"]["bytes_per_s"] > 0
+    assert report["comparison"] == []
+    cells = [(run["prompt_length"], run["gen_length"]) for run in report["runs"]]
+    assert cells == [(4, 3), (4, 6), (8, 3), (8, 6)]
+
+    # The toy stores 2 layers x 4 heads x 32 dims of float32 keys and values per position.
+    per_position = 2 * 2 * 4 * 32 * 4
+    for run in report["runs"]:
+        check_run_values(run)
+        assert run["implementation"] == "genkit"
+        # The last token is never fed, so the concat cache ends with prompt + new - 1 positions.
+        assert run["kv_cache_bytes"] == (run["prompt_length"] + run["gen_length"] - 1) * per_position
+        traffic = run["bytes_per_decode_step"]
+        assert traffic["total_bytes"] == traffic["weight_bytes"] + traffic["kv_cache_bytes"]
+        assert 0 < run["bandwidth_fraction"]
+
+    for name in PLOTS:
+        data = (tmp_path / "out" / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        assert len(data) > 5000, name
+
+
+def test_gpt2_compare_transformers_tokens_match(tmp_path, tiny_gpt2):
+    checkpoint = tiny_gpt2()
+    report = run_bench(tmp_path, "--model", str(checkpoint.folder), "--prompt-lengths", "5,9", "--gen-lengths", "8",
+                       "--repeats", "1", "--warmup", "0", "--compare", "transformers", "--no-plots",
+                       "--batch-size", "2")
+
+    implementations = [run["implementation"] for run in report["runs"]]
+    assert implementations == ["genkit", "transformers", "genkit", "transformers"]
+    for run in report["runs"]:
+        check_run_values(run)
+        assert run["batch_size"] == 2
+    assert len(report["comparison"]) == 2
+    for entry in report["comparison"]:
+        assert entry["tokens_checked"] is True
+        assert entry["fraction_identical"] == 1.0
+        assert entry["first_difference"] is None
+        for name in ("ttft_speedup", "decode_tokens_per_s_ratio", "total_speedup"):
+            assert entry[name] > 0
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_toy_compare_uses_random_transformers_model(tmp_path, capsys):
+    report = run_bench(tmp_path, "--prompt-lengths", "4", "--gen-lengths", "4", "--repeats", "1", "--warmup", "0",
+                       "--compare", "transformers", "--no-plots")
+
+    entry = report["comparison"][0]
+    assert entry["tokens_checked"] is False
+    assert "fraction_identical" not in entry
+    assert any("RANDOM weights" in note for note in report["notes"])
+    assert "RANDOM weights" in capsys.readouterr().out
+
+
+def test_bfloat16_reports_agreement_with_float32(tmp_path, tiny_gpt2):
+    checkpoint = tiny_gpt2()
+    report = run_bench(tmp_path, "--model", str(checkpoint.folder), "--prompt-lengths", "6", "--gen-lengths", "10",
+                       "--repeats", "1", "--warmup", "0", "--dtype", "bfloat16", "--no-plots")
+
+    assert report["model"]["dtype"] == "bfloat16"
+    (entry,) = report["dtype_agreement"]
+    assert 0.0 <= entry["fraction_identical"] <= 1.0
+    if entry["fraction_identical"] < 1.0:
+        assert 0 <= entry["first_difference"] < 10
+    # bfloat16 keys and values take 2 bytes: (6 + 10 - 1) positions x 2 layers x 64 dims x 2 (k, v) x 2 bytes.
+    assert report["runs"][0]["kv_cache_bytes"] == 15 * 2 * 64 * 2 * 2
+
+
+def test_toy_shape_builds_random_model(tmp_path):
+    report = run_bench(tmp_path, "--toy-shape", "1,32,2", "--prompt-lengths", "4", "--gen-lengths", "3",
+                       "--repeats", "1", "--warmup", "0", "--no-plots")
+
+    model = report["model"]
+    assert (model["n_layers"], model["n_heads"], model["head_dim"]) == (1, 2, 16)
+    assert "random weights" in model["description"]
+    check_run_values(report["runs"][0])
+
+
+def test_default_lengths_skip_cells_that_do_not_fit():
+    cells, skipped = plan_cells([16, 32, 64, 128, 256], [25, 50, 100, 200], 128, explicit=False)
+
+    assert (16, 100) in cells
+    assert (16, 200) in skipped
+    assert (128, 25) in skipped
+    assert all(p + g <= 129 for p, g in cells)
+    assert len(cells) + len(skipped) == 20
+
+
+def test_explicit_lengths_beyond_positions_rejected():
+    with pytest.raises(ConfigError, match="exceeds the model's 128 positions"):
+        plan_cells([100], [50], 128, explicit=True)
+    with pytest.raises(ConfigError, match="no cell of the sweep fits"):
+        plan_cells([256], [25], 128, explicit=False)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prompt-lengths", "0"], "every length must be >= 1"),
+        (["--prompt-lengths", "8,abc"], "invalid length 'abc'"),
+        (["--gen-lengths", "-3"], "invalid length"),
+        (["--compare", "vllm"], "invalid choice: 'vllm'"),
+        (["--repeats", "0"], "expected an integer >= 1"),
+        (["--toy-shape", "2,130,4"], "EMBD a multiple of HEADS"),
+        (["--toy-shape", "2,128"], "expected three integers"),
+    ],
+)
+def test_bad_flags_rejected(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--out", str(tmp_path), *flags])
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prompt-lengths", "100", "--gen-lengths", "50"], "exceeds the model's 128 positions"),
+        (["--prompt-lengths", "4", "--gen-lengths", "4", "--cache", "nonexistent"], "nonexistent"),
+    ],
+)
+def test_bad_values_reported_as_errors(tmp_path, capsys, flags, message):
+    code = main(["bench", "--out", str(tmp_path / "out"), "--no-plots", "--bandwidth-mib", "0", *flags])
+
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_path_that_is_a_file_rejected(tmp_path, capsys):
+    target = tmp_path / "bench.json"
+    target.write_text("{}")
+
+    assert main(["bench", "--out", str(target), "--prompt-lengths", "4", "--gen-lengths", "4"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_named_with_install_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+
+    code = main(["bench", "--out", str(tmp_path / "out"), "--prompt-lengths", "4", "--gen-lengths", "4"])
+
+    assert code == 2
+    assert "pip install 'genkit[plots]'" in capsys.readouterr().err
+
+
+def test_weight_bytes_count_untied_embeddings_by_row():
+    from genkit.engine import Generator
+
+    model = Generator.from_pretrained().model
+    all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    token_table = model.token_embedding.weight
+    position_table = model.position_embedding.weight
+    tables = (token_table.numel() + position_table.numel()) * 4
+    rows = 3 * (token_table.shape[1] + position_table.shape[1]) * 4
+
+    assert weight_bytes_per_step(model, batch_size=3) == all_bytes - tables + rows
+
+
+def test_weight_bytes_count_tied_head_in_full(tiny_gpt2):
+    from genkit.engine import Generator
+
+    model = Generator.from_pretrained(tiny_gpt2().folder).model
+    assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+    unique = {p.data_ptr(): p for p in model.parameters()}.values()
+    all_bytes = sum(p.numel() * p.element_size() for p in unique)
+    position_table = model.wpe.weight
+
+    expected = all_bytes - position_table.numel() * 4 + position_table.shape[1] * 4
+    assert weight_bytes_per_step(model, batch_size=1) == expected
+
+
+def test_kv_bytes_per_position_follows_dtype():
+    from genkit.models.base import ModelShape
+
+    shape = ModelShape(n_layers=12, n_heads=12, head_dim=64, vocab_size=50257, max_positions=1024)
+    assert kv_bytes_per_position(shape, torch.float32) == 2 * 12 * 12 * 64 * 4
+    assert kv_bytes_per_position(shape, torch.bfloat16) == 2 * 12 * 12 * 64 * 2
+
+
+def test_bandwidth_measurement():
+    result = measure_memory_bandwidth(16 << 20, repeats=2)
+
+    assert result.size_bytes == 16 << 20
+    assert result.bytes_per_s == pytest.approx(result.size_bytes / result.best_s)
+    with pytest.raises(ConfigError, match="invalid bandwidth tensor size 12"):
+        measure_memory_bandwidth(12)
+    with pytest.raises(ConfigError, match="invalid bandwidth repeats 0"):
+        measure_memory_bandwidth(1 << 20, repeats=0)
+
+
+def test_gpu_script_imports_and_explains_missing_cuda():
+    import importlib.util
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here, so the script would run instead of exiting")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # importing runs nothing
+
+    with pytest.raises(SystemExit, match="needs a CUDA GPU.*torch.cuda.is_available\\(\\) is False"):
+        module.require_cuda()

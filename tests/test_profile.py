@@ -1,0 +1,118 @@
+"""`genkit profile`: the instrumented request produces generate()'s tokens and its parts add up to the step time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genkit.cli import main
+from genkit.engine import Generator
+from genkit.profiling import PARTS, build_report, profile_request
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return Generator.from_pretrained()
+
+
+def check_parts(profile: dict) -> None:
+    seconds = profile["seconds"]
+    assert list(seconds) == list(PARTS)
+    assert sum(seconds.values()) == pytest.approx(profile["step_s"], rel=1e-9, abs=1e-9)
+    for part, value in seconds.items():
+        assert value >= -1e-6, f"{part} = {value}"
+    for part in ("model forward", "sampling", "stopping checks", "cache management"):
+        assert seconds[part] > 0, part
+
+
+def test_greedy_profile_matches_generate(toy):
+    prompt = toy.encode_prompt("ROMEO:")
+    expected = toy.generate(prompt, max_new_tokens=30, do_sample=False).token_ids
+
+    profile = profile_request(toy, [prompt], max_new_tokens=30, do_sample=False)
+
+    assert profile["token_ids"] == [expected]
+    assert profile["steps"] == 29
+    check_parts(profile)
+    assert not toy.model._forward_hooks
+    assert not toy.model._forward_pre_hooks
+
+
+def test_sampled_profile_matches_generate(toy):
+    options = dict(max_new_tokens=25, do_sample=True, top_k=8, top_p=0.9, temperature=0.8, repetition_penalty=1.2,
+                   seed=7)
+    prompt = toy.encode_prompt("ROMEO: and")
+    expected = toy.generate(prompt, **options).token_ids
+
+    profile = profile_request(toy, [prompt], **options)
+
+    assert profile["token_ids"] == [expected]
+    check_parts(profile)
+    assert profile["seconds"]["logits processing"] > 0
+
+
+def test_gpt2_batch_profile_matches_generate_batch(tiny_gpt2):
+    generator = Generator.from_pretrained(tiny_gpt2().folder)
+    prompts = [[5, 40, 77, 9], [100, 3, 250, 61]]
+    expected = [r.token_ids for r in generator.generate_batch(prompts, max_new_tokens=12, min_new_tokens=12)]
+
+    profile = profile_request(generator, prompts, max_new_tokens=12, min_new_tokens=12)
+
+    assert profile["token_ids"] == expected
+    check_parts(profile)
+
+
+def test_report_shares_sum_to_one():
+    profile = {"steps": 4, "step_s": 0.01, "token_ids": [[1]],
+               "seconds": dict(zip(PARTS, (0.005, 0.001, 0.001, 0.0005, 0.0015, 0.001)))}
+
+    report = build_report(profile, plain_step_s=0.002)
+
+    assert sum(part["share"] for part in report["parts"]) == pytest.approx(1.0)
+    assert report["step_mean_us"] == pytest.approx(2500.0)
+    assert report["parts"][0]["mean_us"] == pytest.approx(1250.0)
+    assert report["uninstrumented_step_mean_us"] == pytest.approx(2000.0)
+
+
+def test_profile_command_writes_table_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "profile"
+
+    code = main(["profile", "--out", str(out), "--max-new-tokens", "20", "--threads", "1"])
+
+    assert code == 0
+    table = capsys.readouterr().out
+    for part in PARTS:
+        assert f"| {part} |" in table
+    report = json.loads((out / "profile.json").read_text())
+    assert report["steps"] == 19
+    assert len(report["token_ids"][0]) == 20
+    total = sum(part["total_s"] for part in report["parts"])
+    assert total == pytest.approx(report["step_total_s"], rel=1e-6)
+    assert report["uninstrumented_step_mean_us"] > 0
+    assert (out / "profile.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_prompt_beyond_positions_rejected(tmp_path, capsys):
+    code = main(["profile", "--out", str(tmp_path), "--prompt-length", "100", "--max-new-tokens", "40", "--no-plots"])
+
+    assert code == 2
+    assert "exceeds the model's 128 positions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prompt-length", "0"], "expected an integer >= 1"),
+        (["--max-new-tokens", "x"], "invalid integer 'x'"),
+        (["--prompt", "ab", "--prompt-length", "4"], "not allowed with argument"),
+    ],
+)
+def test_bad_flags_rejected(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["profile", "--out", str(tmp_path), *flags])
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
