@@ -620,7 +620,7 @@ class GenerationStream:
             if reason is None:
                 state.finish_reasons[row] = "cancelled"
                 state.detokenizers[row].flush()
-        state.finished[:] = True
+        state.finished = torch.ones_like(state.finished)  # a new tensor: the old one is an inference tensor
         state.finished_count = len(state.finish_reasons)
         self.results = self._generator._finish(state)
         return self.results

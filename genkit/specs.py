@@ -136,14 +136,17 @@ class StoppingSpec:
 class CacheSpec:
     """A KV cache backend, chosen by ``GenerationConfig.cache``.
 
-    ``extends_context`` tells the engine, before the cache is built, that the
-    backend keeps a bounded window and lets a request run past the model's maximum
-    positions (its KVCache sets the same attribute).
+    ``exact`` and ``extends_context`` repeat the attributes of the backend's
+    KVCache class, so that the engine and tools can read them without building a
+    cache: ``exact`` is False for a backend whose attention differs from attention
+    over the unstored keys and values (int8, sliding window), and
+    ``extends_context`` lets a request run past the model's maximum positions.
     """
 
     name: str
     build: CacheBuild
     description: str = ""
+    exact: bool = True
     extends_context: bool = False
 
 

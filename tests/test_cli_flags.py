@@ -293,18 +293,19 @@ def run_main(capsys, *words: str) -> tuple[int, str, str]:
 def test_json_reports_finish_reason_per_prompt(checkpoint_folder, capsys):
     prompts = ["The east", "It is the sun and moon"]
     _, first_run, _ = run_main(capsys, "--model", str(checkpoint_folder), *prompts, "--max-new-tokens", "8", "--json")
-    eos = json.loads(first_run)["results"][1]["token_ids"][2]  # stops the second prompt after 3 tokens
+    eos = [json.loads(line) for line in first_run.splitlines()][1]["token_ids"][2]  # stops the second prompt after 3 tokens
 
     status, out, _ = run_main(
         capsys, "--model", str(checkpoint_folder), *prompts, "--max-new-tokens", "8", "--json",
         "--eos-token-id", str(eos),
     )
-    payload = json.loads(out)
-    results = payload["results"]
+    results = [json.loads(line) for line in out.splitlines()]
 
     assert status == 0
-    assert payload["model"]
     assert len(results) == 2
+    assert all(result["model"] for result in results)
+    assert [result["index"] for result in results] == [0, 1]
+    assert [result["prompt"] for result in results] == prompts
     assert all(result["prompt_token_ids"] for result in results)
     assert results[1]["finish_reason"] == "eos"
     assert results[1]["token_ids"][-1] == eos

@@ -25,7 +25,9 @@ from genkit.specs import RequestContext
 
 ATOL = 1e-4
 PROMPT_LENGTH = 64
-CACHE_NAMES = sorted(get_registry().caches)
+# Only backends whose attention is exact can meet the 1e-4 bound; tests/test_caches.py
+# measures the error of the others (int8).
+CACHE_NAMES = sorted(name for name, entry in get_registry().caches.items() if entry.spec.exact)
 ENGINE_MISSING = importlib.util.find_spec("genkit.engine") is None
 
 
