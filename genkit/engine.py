@@ -395,11 +395,13 @@ class Generator:
         positions = state.next_positions
         if cache.extends_context:
             positions = cache.position_ids(positions, self.loaded.shape.max_positions)
-        model = self.model
+        model, padding_mask = self.model, state.padding_mask
         if self.compile and getattr(cache, "graph_safe", False):
-            model = self._compiled()
-            last = last.clone(memory_format=torch.contiguous_format)  # fixed strides: no recompilation
-        logits = model(last, positions, cache, state.padding_mask)[:, -1, :]  # (R, V)
+            # Fixed shapes and strides, so the step compiles once: the graph cache
+            # tracks padding itself, and the growing padding mask stays out.
+            model, padding_mask = self._compiled(), None
+            last = last.clone(memory_format=torch.contiguous_format)
+        logits = model(last, positions, cache, padding_mask)[:, -1, :]  # (R, V)
         state.next_positions = state.next_positions + 1
         if rows is not None:
             # Finished rows get zero logits; their token is replaced by the pad token anyway.

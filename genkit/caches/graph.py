@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genkit.caches.base import CacheUsage, KVCache, tensor_bytes
-from genkit.errors import GenerationError
+from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, tensor_bytes
 from genkit.models.attention import build_attention_mask
 
 
@@ -31,11 +30,11 @@ def round_up(value: int, multiple: int) -> int:
 class GraphKVCache(KVCache):
     """Static buffers with a decode step whose shapes and Python values never change.
 
-    Prefill (one forward pass of the whole prompt) runs as usual and fills
-    positions ``0..T-1``; after it, each forward pass must feed exactly one token
-    per row. ``capacity`` is the request's maximum length rounded up to
-    ``round_to`` positions, so that requests of similar length share one
-    compiled step.
+    A forward pass of several tokens (the prompt, or a chunk of it) runs like the
+    static cache. A forward pass of one token per row after that is the decode
+    step, with the same shapes and Python values every time. ``capacity`` is the
+    request's maximum length rounded up to ``round_to`` positions, so that requests
+    of similar length share one compiled step.
     """
 
     name = "graph"
@@ -59,23 +58,28 @@ class GraphKVCache(KVCache):
         self.written = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)  # key slots a query may see
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # next slot to write, as a tensor
         self.prefilled = False
+        self._real: torch.Tensor | None = None  # which new slots of the current eager pass hold real tokens
 
     def length(self, layer: int = 0) -> int:
         # Reads the position tensor (a device sync on GPU); the engine calls it
         # only for bookkeeping, never inside the decode step.
         return int(self.position.item())
 
+    def _is_decode_step(self, new_length: int) -> bool:
+        return new_length == 1 and self.prefilled
+
     def attention_mask(
         self, padding_mask: torch.Tensor | None, new_length: int, device: torch.device
     ) -> torch.Tensor | None:
-        if not self.prefilled:
-            return build_attention_mask(padding_mask, new_length, 0, device)
-        if new_length != 1:
-            raise GenerationError(
-                f"the graph KV cache takes one prompt forward pass, then one token per step; got {new_length} "
-                "tokens after the prompt. Use the static or concat cache for chunked prefill"
-            )
-        return None  # attend() masks with the written slots
+        if self._is_decode_step(new_length):
+            # attend() masks with the written slots. The engine feeds only real tokens
+            # here and passes no padding mask; a caller that feeds padding passes one.
+            self._real = None if padding_mask is None else padding_mask[:, -1:].bool()
+            return None
+        past = self.length()
+        # Slots of left padding stay unwritten, so no later decode step attends to them.
+        self._real = None if padding_mask is None else padding_mask[:, past : past + new_length].bool()
+        return build_attention_mask(padding_mask, new_length, past, device)
 
     def attend(
         self,
@@ -85,8 +89,8 @@ class GraphKVCache(KVCache):
         value: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        if not self.prefilled:
-            return self._prefill(layer, query, key, value, mask)
+        if not self._is_decode_step(key.shape[2]):
+            return self._attend_eager(layer, query, key, value, mask)
         # Decode: write one slot at the position tensor, then attend over the whole buffer.
         self.keys[layer].index_copy_(2, self.position, key)
         self.values[layer].index_copy_(2, self.position, value)
@@ -95,28 +99,34 @@ class GraphKVCache(KVCache):
         visible = self.written[:, None, None, :]  # (B, 1, 1, capacity)
         out = F.scaled_dot_product_attention(query, self.keys[layer], self.values[layer], attn_mask=visible)
         if layer == self.n_layers - 1:
+            if self._real is not None:
+                # A padding token saw itself (no NaN from an empty row); later tokens must not see it.
+                self.written.index_copy_(1, self.position, self._real)
             self.position.add_(1)
         return out
 
-    def _prefill(
+    def _attend_eager(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
+        """The prompt, or a chunk of several tokens: write the slots and attend like the static cache."""
+        start = self.length()
         T = key.shape[2]
-        if T > self.capacity:
-            raise GenerationError(f"prompt of {T} positions exceeds the graph KV cache capacity of {self.capacity}")
-        self.keys[layer][:, :, :T] = key
-        self.values[layer][:, :, :T] = value
+        end = start + T
+        if end > self.capacity:
+            raise CacheCapacityError(
+                f"graph KV cache overflow: a sequence needs {end} positions but {self.capacity} are allocated; "
+                "lower max_new_tokens or use another cache"
+            )
+        self.keys[layer][:, :, start:end] = key
+        self.values[layer][:, :, start:end] = value
         if layer == 0:
-            if mask is None:
-                self.written[:, :T] = True
-            else:
-                # The last query row of the prefill mask is True exactly at the row's real tokens.
-                self.written[:, :T] = mask[:, 0, -1, :]
+            self.written[:, start:end] = True if self._real is None else self._real
         if layer == self.n_layers - 1:
-            self.position.fill_(T)
+            self.position.fill_(end)
             self.prefilled = True
+        keys, values = self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
         causal = mask is None and T > 1
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal)
 
     def usage(self) -> CacheUsage:
         rows = self.written.shape[0]
