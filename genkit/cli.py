@@ -171,7 +171,7 @@ def read_prompt_file(path: str) -> list[str]:
     except IsADirectoryError:
         raise PromptError(f"{name} is a directory; pass a text file with one prompt per line") from None
     except OSError as exc:
-        raise PromptError(f"cannot read {name}: {exc.strerror}") from None
+        raise PromptError(f"failed to read {name}: {exc.strerror}; check that it is a readable file") from None
 
     try:
         text = data.decode("utf-8")

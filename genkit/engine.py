@@ -264,13 +264,17 @@ class Generator:
         # window of max_positions tokens still yields one more token.
         window = shape.max_positions + 1
         max_length = longest + max_new_tokens
+        row_max_lengths = ()
         if max_length > window and not self._extends_context(config.cache):
             logger.warning(
                 "prompt (%d tokens) + max_new_tokens (%d) exceeds the context window of %d positions; "
                 "generation stops with finish reason 'length' after %d tokens",
                 longest, max_new_tokens, shape.max_positions, window - longest,
             )
-            max_length = window
+            # A row of n tokens sits behind (longest - n) padding positions that use no
+            # position ids, so it reaches the window later than the longest row.
+            row_max_lengths = tuple(longest - len(ids) + min(len(ids) + max_new_tokens, window) for ids in prompt_ids)
+            max_length = max(row_max_lengths)
 
         eos = config.eos_token_ids()
         if not eos and self.tokenizer.eos_token_id is not None:
@@ -299,6 +303,7 @@ class Generator:
             eos_token_ids=tuple(eos),
             pad_token_id=pad,
             padding_lengths=tuple(longest - len(ids) for ids in prompt_ids),
+            row_max_lengths=row_max_lengths,
         )
 
     def _extends_context(self, cache_name: str) -> bool:
@@ -369,7 +374,7 @@ class Generator:
 
         synchronize(device)
         prefill_start = time.perf_counter()
-        logits = self.model(input_ids, position_ids, plan.cache, padding_mask, last_only=True)  # (B, 1, V)
+        logits = self._prefill_forward(plan.cache, prompt_ids, input_ids, position_ids, padding_mask)  # (B, 1, V)
         state.last_events = self._select_next(state, logits[:, -1, :])
         self._drop_finished_rows(state)
         synchronize(device)
@@ -378,6 +383,35 @@ class Generator:
         state.stats.ttft_s = now - start_time
         state.last_token_time = now
         return state
+
+    def _prefill_forward(
+        self,
+        cache: Any,
+        prompt_ids: list[list[int]],
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Run the prompts through the model and return the last position's logits (B, 1, V).
+
+        A padded batch whose cache can write one row at a time is prefilled prompt by
+        prompt, which spends no compute on padding; otherwise the padded batch runs in
+        one forward pass.
+        """
+        longest = input_ids.shape[1]
+        writers = None
+        if padding_mask is not None:
+            writers = [cache.row_writer(row, longest - len(ids)) for row, ids in enumerate(prompt_ids)]
+            if any(writer is None for writer in writers):
+                writers = None
+        if writers is None:
+            return self.model(input_ids, position_ids, cache, padding_mask, last_only=True)
+        rows = []
+        for row, (ids, writer) in enumerate(zip(prompt_ids, writers)):
+            start = longest - len(ids)
+            rows.append(self.model(input_ids[row : row + 1, start:], position_ids[row : row + 1, start:], writer,
+                                   None, last_only=True))
+        return torch.cat(rows, dim=0)
 
     @torch.inference_mode()
     def decode_step(self, state: GenerationState) -> list[StreamEvent]:
@@ -570,6 +604,16 @@ class Generator:
         if isinstance(prompts, str):
             raise PromptError("generate_batch expects a list of prompts; use generate() for a single string")
         return self._finish(self._run(list(prompts), config, kwargs))
+
+    def astream(self, prompt: Prompt | Sequence[Prompt], config: Any = None, *, timeout: float | None = None,
+                **kwargs: Any):
+        """Return an async iterator of :class:`StreamEvent`; generation runs in a worker thread.
+
+        ``async for event in gen.astream("ROMEO:")``. See :mod:`genkit.streaming`.
+        """
+        from genkit.streaming import astream
+
+        return astream(self, prompt, config, timeout=timeout, **kwargs)
 
     def stream(self, prompt: Prompt | Sequence[Prompt], config: Any = None, **kwargs: Any) -> GenerationStream:
         """Return an iterator of :class:`StreamEvent`, one per generated token, as soon as it is picked.

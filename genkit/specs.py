@@ -63,7 +63,10 @@ class RequestContext:
     ``prompt_length`` is the padded prompt length, so ``input_ids[:, prompt_length:]``
     are the generated tokens. ``padding_lengths`` gives the number of left-padding
     positions of each row (all zero unless prompts of different lengths are batched).
-    ``max_length`` is the total length the cache must hold.
+    ``max_length`` is the total length the cache must hold. ``row_max_lengths``
+    gives, per row and in the padded frame, the length at which that row stops:
+    it differs from ``max_length`` only when the context window cuts a batch short,
+    because a left-padded row reaches the window later than the longest one.
     """
 
     config: GenerationConfig
@@ -77,6 +80,7 @@ class RequestContext:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     padding_lengths: tuple[int, ...] = ()
+    row_max_lengths: tuple[int, ...] = ()
 
 
 # Each build function receives the request context and the options given for that

@@ -118,6 +118,19 @@ class KVCache:
         """
         return position_ids
 
+    def row_writer(self, row: int, offset: int) -> KVCache | None:
+        """Return a one-row cache that writes row ``row`` from logical position ``offset`` on, or None.
+
+        The engine uses it to prefill a left-padded batch one prompt at a time, so
+        no forward pass is spent on padding: row ``row`` is fed its real tokens alone
+        (batch 1, no padding mask) and they land at positions ``offset`` onwards, after
+        its left padding. The padding slots stay unwritten and later decode steps mask
+        them. When every row has been written, the cache holds the same logical
+        positions as after one padded prefill. The default returns None, and the
+        engine then runs the padded batch in one forward pass.
+        """
+        return None
+
     def select_rows(self, rows: torch.Tensor) -> bool:
         """Keep only batch ``rows`` (a 1-D long tensor of current row indices, in order).
 

@@ -49,6 +49,9 @@ class StaticKVCache(KVCache):
     def length(self, layer: int = 0) -> int:
         return self.lengths[layer]
 
+    def row_writer(self, row: int, offset: int) -> KVCache:
+        return _StaticRowWriter(self, row, offset)
+
     def usage(self) -> CacheUsage:
         rows = self.keys[0].shape[0] if self.keys else 0
         held = tensor_bytes(*self.keys, *self.values)
@@ -65,3 +68,36 @@ class StaticKVCache(KVCache):
         # New empty tensors: a zero-row view would keep the old storage alive.
         self.keys = [k.new_empty((0, *k.shape[1:])) for k in self.keys]
         self.values = [v.new_empty((0, *v.shape[1:])) for v in self.values]
+
+
+class _StaticRowWriter(KVCache):
+    """Writes one row of a :class:`StaticKVCache` from a logical offset on (prefill of one prompt of a batch)."""
+
+    name = "static-row"
+
+    def __init__(self, parent: StaticKVCache, row: int, offset: int):
+        self.parent, self.row, self.offset = parent, row, offset
+        self.lengths = [0] * len(parent.keys)
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parent = self.parent
+        start = self.offset + self.lengths[layer]
+        end = start + key.shape[2]
+        if end > parent.max_length:
+            raise CacheCapacityError(
+                f"static KV cache overflow: a sequence needs {end} positions but {parent.max_length} are "
+                "allocated; raise cache_options max_length or lower max_new_tokens"
+            )
+        parent.keys[layer][self.row : self.row + 1, :, start:end] = key
+        parent.values[layer][self.row : self.row + 1, :, start:end] = value
+        self.lengths[layer] += key.shape[2]
+        # Every row of a left-padded batch ends at the same logical position.
+        parent.lengths[layer] = max(parent.lengths[layer], end)
+        row_keys = parent.keys[layer][self.row : self.row + 1, :, self.offset : end]
+        return row_keys, parent.values[layer][self.row : self.row + 1, :, self.offset : end]
+
+    def length(self, layer: int = 0) -> int:
+        return self.lengths[layer]
+
+    def usage(self) -> CacheUsage:
+        return self.parent.usage()

@@ -30,16 +30,27 @@ class EosStoppingCriterion:
 
 
 class MaxLengthStoppingCriterion:
-    """Stop every sequence once ``input_ids`` contains ``max_length`` positions (prompt included)."""
+    """Stop every sequence once ``input_ids`` contains ``max_length`` positions (prompt included).
+
+    With ``row_max_lengths`` each row stops at its own length (left-padded rows that
+    the context window cuts short). Returns a Python bool when one limit holds for
+    every row, which costs the decode loop no tensor operation.
+    """
 
     reason = "length"
 
-    def __init__(self, max_length: int):
+    def __init__(self, max_length: int, row_max_lengths: tuple[int, ...] | list[int] = ()):
         self.max_length = max_length
+        self.row_max_lengths = None
+        if row_max_lengths and len(set(row_max_lengths)) > 1:
+            self.row_max_lengths = torch.tensor(list(row_max_lengths), dtype=torch.long)
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        done = input_ids.shape[-1] >= self.max_length
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor | bool:
+        if self.row_max_lengths is None:
+            return input_ids.shape[-1] >= self.max_length
+        if self.row_max_lengths.device != input_ids.device:
+            self.row_max_lengths = self.row_max_lengths.to(input_ids.device)
+        return self.row_max_lengths <= input_ids.shape[-1]
 
 
 class StopStringCriterion:
@@ -122,7 +133,7 @@ def build_eos(ctx: RequestContext) -> EosStoppingCriterion | None:
 
 
 def build_max_length(ctx: RequestContext) -> MaxLengthStoppingCriterion:
-    return MaxLengthStoppingCriterion(ctx.max_length)
+    return MaxLengthStoppingCriterion(ctx.max_length, ctx.row_max_lengths)
 
 
 def build_stop_strings(ctx: RequestContext) -> StopStringCriterion | None:
