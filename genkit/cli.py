@@ -86,6 +86,9 @@ def add_generate_parser(subparsers) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="compute dtype (default: the checkpoint's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run decode steps through torch.compile (the first request compiles for seconds); "
+                        "the cache defaults to 'graph'")
 
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--do-sample", dest="do_sample", action="store_true", default=None,
@@ -196,7 +199,7 @@ def run_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     kwargs = generation_kwargs(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    generator = Generator.from_pretrained(args.model, device=args.device, dtype=dtype)
+    generator = Generator.from_pretrained(args.model, device=args.device, dtype=dtype, compile=args.compile)
     if args.stream:
         return _stream(generator, prompts, kwargs, args.json)
 

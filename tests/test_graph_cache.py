@@ -7,6 +7,7 @@ the compiled path must equal the eager one.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -96,3 +97,18 @@ def test_compiled_decode_matches_eager(toy):
     assert greedy(compiled, prompts, max_new_tokens=30) == expected
     # A cache that is not graph-safe runs eagerly under compile=True.
     assert greedy(compiled, prompts, max_new_tokens=30, cache="concat") == expected
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
+                    reason="torch.compile on CPU needs a C compiler")
+def test_cli_compile_flag_matches_eager(capsys):
+    from genkit.cli import main
+
+    args = ["generate", "ROMEO:", "--max-new-tokens", "12", "--do-sample", "--seed", "3", "--json"]
+    assert main(args) == 0
+    eager = json.loads(capsys.readouterr().out)
+    assert main([*args, "--compile"]) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    assert compiled["token_ids"] == eager["token_ids"]
+    assert compiled["text"] == eager["text"]
