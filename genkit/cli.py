@@ -78,9 +78,9 @@ def _flag(name: str) -> str:
 def add_generate_parser(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="generate text from one or more prompts")
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text; several prompts run as one batch")
-    parser.add_argument("--prompt-file", dest="prompt_file", default=None, metavar="PATH",
+    parser.add_argument("--prompt-file", dest="prompt_files", action="append", default=None, metavar="PATH",
                         help="read more prompts from this UTF-8 file, one per line (empty lines are skipped); "
-                        "'-' reads standard input")
+                        "'-' reads standard input; repeat for several files")
     parser.add_argument("--model", default=None, help="checkpoint folder, shipped name or cached hub id "
                         "(default: the shipped toy-shakespeare model)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -89,6 +89,9 @@ def add_generate_parser(subparsers) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="run decode steps through torch.compile (the first request compiles for seconds); "
                         "the cache defaults to 'graph'")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice, one per core); 1 is often faster "
+                        "for small models on a busy machine")
 
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--do-sample", dest="do_sample", action="store_true", default=None,
@@ -99,7 +102,7 @@ def add_generate_parser(subparsers) -> None:
 
     parser.add_argument("--eos-token-id", dest="eos_token_id", type=int, action="append", default=None,
                         help="EOS token id; repeat for several (default: the model's)")
-    parser.add_argument("--stop", dest="stop_strings", action="append", default=None,
+    parser.add_argument("--stop", "--stop-strings", dest="stop_strings", action="append", default=None,
                         help="stop when the output contains this string; repeat for several")
     parser.add_argument("--include-stop-str-in-output", dest="include_stop_str_in_output", action="store_true",
                         default=None, help="keep the matched stop string in the returned text")
@@ -148,8 +151,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def read_prompts(args: argparse.Namespace) -> list[str]:
     """Return the prompts given as arguments, then those of ``--prompt-file``, in order."""
     prompts = list(args.prompts)
-    if args.prompt_file is not None:
-        prompts += read_prompt_file(args.prompt_file)
+    for path in args.prompt_files or ():
+        prompts += read_prompt_file(path)
     if not prompts:
         raise PromptError("no prompt given: pass PROMPT arguments or --prompt-file PATH ('-' for standard input)")
     return prompts
@@ -196,6 +199,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from genkit.engine import Generator
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"invalid --threads {args.threads}: expected an integer >= 1")
+        torch.set_num_threads(args.threads)
     prompts = read_prompts(args)
     kwargs = generation_kwargs(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -217,7 +224,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _result_payload(index: int, prompt: str, result) -> dict[str, Any]:
-    return {"index": index, "prompt": prompt, **result.to_dict()}
+    # "sequence" is the prompt's index, as in the token events of --stream --json.
+    return {"sequence": index, "prompt": prompt, **result.to_dict()}
 
 
 def _stream(generator, prompts: list[str], kwargs: dict, as_json: bool) -> int:

@@ -64,7 +64,9 @@ class GenerationStats:
     decode_tokens_per_s: float = 0.0
     total_s: float = 0.0
     inter_token_latencies_s: list[float] = field(default_factory=list)
+    # KV cache figures are for the whole request: a batch shares one cache.
     kv_cache_bytes: int = 0  # peak bytes of key/value storage held during the request
+    kv_cache_pool_bytes: int = 0  # at that peak: bytes reserved up front (a paged pool), >= kv_cache_bytes
     kv_cache_allocated_slots: int = 0  # at that peak: token positions reserved (rows x positions)
     kv_cache_used_slots: int = 0  # at that peak: token positions written
 
@@ -132,6 +134,7 @@ class GenerationState:
     # Finished rows leave the model's batch when the cache supports select_rows.
     model_rows: torch.Tensor | None = None
     finished_count: int = 0  # rows finished so far; kept in Python so the loop needs no device read
+    clamp_positions: bool = False  # rows of a batch reach the context window at different steps
     peak_usage: CacheUsage | None = None
 
     @property
@@ -217,7 +220,15 @@ class Generator:
                     f"{label} is not valid UTF-8 text (undecodable byte at position {exc.start}); "
                     "pass UTF-8 encoded text"
                 ) from exc
-            ids = self.tokenizer.encode(prompt)
+            try:
+                ids = self.tokenizer.encode(prompt)
+            except PromptError as exc:
+                if label == "prompt":
+                    raise
+                message = str(exc)
+                if message.startswith("prompt "):
+                    message = message[len("prompt ") :]  # "prompt 1 contains ..." rather than "prompt 1: prompt ..."
+                raise PromptError(f"{label} {message}") from exc
         elif isinstance(prompt, torch.Tensor):
             if prompt.dim() != 1:
                 raise PromptError(
@@ -267,8 +278,9 @@ class Generator:
         row_max_lengths = ()
         if max_length > window and not self._extends_context(config.cache):
             logger.warning(
-                "prompt (%d tokens) + max_new_tokens (%d) exceeds the context window of %d positions; "
-                "generation stops with finish reason 'length' after %d tokens",
+                "%s (%d tokens) + max_new_tokens (%d) exceeds the context window of %d positions; "
+                "it stops with finish reason 'length' after %d tokens",
+                "prompt" if len(prompt_ids) == 1 else "the longest prompt",
                 longest, max_new_tokens, shape.max_positions, window - longest,
             )
             # A row of n tokens sits behind (longest - n) padding positions that use no
@@ -370,7 +382,11 @@ class Generator:
             emitted_chars=[0] * batch,
             stop_strings=config.stop_string_list(),
             criteria_by_reason=dict(plan.stopping),
+            clamp_positions=bool(ctx.row_max_lengths),
         )
+        if self.compile and not getattr(plan.cache, "graph_safe", False):
+            logger.warning("compile=True, but the %r KV cache is not graph-safe: decode steps run eagerly; "
+                           "use the 'graph' cache for compiled steps", config.cache)
 
         synchronize(device)
         prefill_start = time.perf_counter()
@@ -429,6 +445,10 @@ class Generator:
         positions = state.next_positions
         if cache.extends_context:
             positions = cache.position_ids(positions, self.loaded.shape.max_positions)
+        elif state.clamp_positions:
+            # Rows that stopped at the context window keep being fed (their output is
+            # discarded) when the cache cannot drop them; keep their ids in range.
+            positions = positions.clamp(max=self.loaded.shape.max_positions - 1)
         model, padding_mask = self.model, state.padding_mask
         if self.compile and getattr(cache, "graph_safe", False):
             # Fixed shapes and strides, so the step compiles once: the graph cache
@@ -518,7 +538,16 @@ class Generator:
     def _compiled(self) -> Any:
         """Return the model wrapped by torch.compile for fixed-shape decode steps (built once)."""
         if self._compiled_model is None:
-            self._compiled_model = torch.compile(self.model, fullgraph=True, dynamic=False)
+            if self._device.type == "cuda":
+                # CUDA graphs replay the whole step with one launch.
+                self._compiled_model = torch.compile(self.model, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            else:
+                # Measured on the 2-core CPU (docs/benchmarks.md): a C++ wrapper around the
+                # generated kernels and weights frozen as constants cut the step further.
+                # NOTE: frozen weights mean a model changed after the first compiled step
+                # needs a new Generator.
+                options = {"cpp_wrapper": True, "freezing": True}
+                self._compiled_model = torch.compile(self.model, fullgraph=True, dynamic=False, options=options)
         return self._compiled_model
 
     def _record_usage(self, state: GenerationState) -> None:
@@ -573,6 +602,7 @@ class Generator:
         self._record_usage(state)
         peak = state.peak_usage
         stats.kv_cache_bytes = peak.bytes
+        stats.kv_cache_pool_bytes = max(peak.pool_bytes, peak.bytes)
         stats.kv_cache_allocated_slots = peak.allocated_slots
         stats.kv_cache_used_slots = peak.used_slots
         state.plan.cache.release()

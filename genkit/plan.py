@@ -11,8 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from genkit.caches.base import KVCache
-from genkit.errors import ConfigError, GenkitError, PluginError
+from genkit.errors import ConfigError, GenerationError, GenkitError, PluginError
 from genkit.registry import Registry
 from genkit.specs import LogitsProcessor, RequestContext, Sampler, StoppingCriterion
 
@@ -59,8 +61,18 @@ def _build(kind: str, name: str, plugin: str, build: Callable[..., Any], ctx: Re
         raise PluginError(
             f"{kind} {name!r} from plugin {plugin!r} rejected options {sorted(options)}: {exc}"
         ) from exc
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise GenerationError(_no_memory(kind, name, options, exc)) from exc
     except Exception as exc:
+        if isinstance(exc, RuntimeError) and "allocate" in str(exc):  # the CPU allocator's message
+            raise GenerationError(_no_memory(kind, name, options, exc)) from exc
         raise PluginError(f"{kind} {name!r} from plugin {plugin!r} failed to build: {type(exc).__name__}: {exc}") from exc
+
+
+def _no_memory(kind: str, name: str, options: dict, exc: BaseException) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"{kind} {name!r} could not allocate its memory with options {options or '{}'} ({first_line}); "
+            "lower max_new_tokens, the batch size or the sizes in the options")
 
 
 def _require_callable(component: Any, kind: str, name: str, plugin: str) -> None:

@@ -218,7 +218,7 @@ def test_cli_prompt_file_one_json_per_prompt(capsys, tmp_path):
     lines = [json.loads(line) for line in out.splitlines()]
     # Argument prompts first, then the file's lines; the empty line is skipped, the space-only line kept.
     assert [line["prompt"] for line in lines] == ["to be", "ROMEO:", "KING:", " "]
-    assert [line["index"] for line in lines] == [0, 1, 2, 3]
+    assert [line["sequence"] for line in lines] == [0, 1, 2, 3]
     assert all(len(line["token_ids"]) == 5 for line in lines)
     assert all(line["model"] == "toy-shakespeare" for line in lines)
 

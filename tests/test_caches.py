@@ -201,7 +201,7 @@ def test_paged_pool_exhausted_error(toy):
         toy.generate("ROMEO:", max_new_tokens=30, cache="paged", cache_options={"block_size": 4, "num_blocks": 3})
 
     message = str(caught.value)
-    assert "all 3 blocks of 4 positions" in message
+    assert "all 3 block(s) of 4 positions" in message
     assert "num_blocks" in message
 
 

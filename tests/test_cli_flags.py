@@ -304,7 +304,7 @@ def test_json_reports_finish_reason_per_prompt(checkpoint_folder, capsys):
     assert status == 0
     assert len(results) == 2
     assert all(result["model"] for result in results)
-    assert [result["index"] for result in results] == [0, 1]
+    assert [result["sequence"] for result in results] == [0, 1]
     assert [result["prompt"] for result in results] == prompts
     assert all(result["prompt_token_ids"] for result in results)
     assert results[1]["finish_reason"] == "eos"

@@ -66,7 +66,7 @@ class BlockPool:
         """Hand out one free block id; raise :class:`CacheCapacityError` when none is left."""
         if not self.free_blocks:
             raise CacheCapacityError(
-                f"paged KV cache pool exhausted: all {self.num_blocks} blocks of {self.block_size} positions "
+                f"paged KV cache pool exhausted: all {self.num_blocks} block(s) of {self.block_size} positions "
                 f"are in use; raise cache_options num_blocks (now {self.num_blocks}), "
                 "or lower max_new_tokens or the batch size"
             )
