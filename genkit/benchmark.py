@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -91,8 +91,23 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the model choice, dtype, device and thread flags that `bench` and `profile` share."""
+def parse_cache_options(text: str) -> dict[str, Any]:
+    """Parse ``--cache-options``: a JSON object of keyword arguments for the KV cache's build function."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid JSON {text!r} ({exc}); expected a JSON object, e.g. '{{\"block_size\": 16}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a JSON object, e.g. '{{\"block_size\": 16}}'"
+        )
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, compile_help: str | None = None) -> None:
+    """Add the model choice, dtype, device, thread and cache flags that `bench` and `profile` share."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", default=None, help="checkpoint folder, shipped name or cached hub id "
                         "(default: the shipped toy-shakespeare model)")
@@ -108,8 +123,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--cache", default=None,
                         help="KV cache backend name (default: concat, or graph with --compile)")
+    parser.add_argument("--cache-options", type=parse_cache_options, default=None, metavar="JSON",
+                        help="options for the KV cache's build function, as a JSON object, "
+                        "e.g. '{\"block_size\": 16}' for --cache paged (default: none)")
     parser.add_argument("--compile", action="store_true",
-                        help="run decode steps through torch.compile with the graph KV cache")
+                        help=compile_help or "run decode steps through torch.compile with the graph KV cache; "
+                        "with --warmup 0 the first run of each new shape includes the compilation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts (default: 0)")
 
 
@@ -179,10 +198,11 @@ def _save_random_gpt2(shape: tuple[int, int, int], seed: int, folder: Path) -> N
 
 
 def load_bench_model(args: argparse.Namespace, scratch: Path, min_positions: int) -> BenchModel:
-    if args.cache is None:
-        args.cache = "graph" if args.compile else "concat"
     """Load ``--model``, or build and save a random model for ``--toy-shape`` / ``--gpt2-shape``."""
     from genkit.engine import Generator
+
+    if args.cache is None:
+        args.cache = "graph" if args.compile else "concat"
 
     dtype = _torch_dtype(args.dtype)
     if args.toy_shape is not None:
@@ -289,9 +309,10 @@ class Sample:
     token_ids: list[list[int]]
 
 
-def run_genkit(generator, prompts: list[list[int]], gen_length: int, cache: str) -> Sample:
+def run_genkit(generator, prompts: list[list[int]], gen_length: int, cache: str,
+               cache_options: dict[str, Any] | None = None) -> Sample:
     results = generator.generate_batch(prompts, max_new_tokens=gen_length, min_new_tokens=gen_length,
-                                       do_sample=False, cache=cache)
+                                       do_sample=False, cache=cache, cache_options=cache_options or {})
     stats = results[0].stats
     return Sample(stats.ttft_s, stats.prefill_s, stats.decode_s, stats.total_s, list(stats.inter_token_latencies_s),
                   stats.kv_cache_bytes, [r.token_ids for r in results])
@@ -399,11 +420,45 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _check_output_folder(out: str) -> Path:
+@contextlib.contextmanager
+def output_folder(out: str, contents: str) -> Iterator[Path]:
+    """Create the ``--out`` folder before any measurement and check that a file can be written there.
+
+    A path that cannot be a folder or is not writable raises ConfigError before the
+    run starts, instead of losing its results at the end. When the run raises, the
+    folders created here are removed again if they are still empty.
+    """
+    if not out.strip():
+        raise ConfigError(f"invalid --out {out!r}: pass a folder path for {contents}, e.g. --out results")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {out!r} is a file; pass a folder path for bench.json and the plots")
-    return folder
+        raise ConfigError(f"--out {out!r} is a file; pass a folder path for {contents}")
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        _remove_empty(created)
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot create or write to the --out folder {out!r}: {reason}; "
+            f"pass a writable folder path for {contents}"
+        ) from exc
+    try:
+        yield folder
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as output_folder lists them) while they are empty."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def time_cell(generator, hf_model, ids: list[list[int]], gen: int, args: argparse.Namespace,
@@ -416,7 +471,7 @@ def time_cell(generator, hf_model, ids: list[list[int]], gen: int, args: argpars
     ours, theirs = [], []
     for index in range(args.warmup + args.repeats):
         timed = index >= args.warmup
-        sample = run_genkit(generator, ids, gen, args.cache)
+        sample = run_genkit(generator, ids, gen, args.cache, args.cache_options)
         progress.update()
         if timed:
             ours.append(sample)
@@ -429,17 +484,32 @@ def time_cell(generator, hf_model, ids: list[list[int]], gen: int, args: argpars
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from genkit.hardware import decode_bytes_per_step, measure_memory_bandwidth
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = _check_output_folder(args.out)
     if not args.no_plots:
         from genkit.plots import require_matplotlib
 
         require_matplotlib()  # report a missing matplotlib before the sweep, not after it
+    with output_folder(args.out, "bench.json and the plots") as out_dir:
+        return _run_bench(args, out_dir)
+
+
+def compile_warmup_note(args: argparse.Namespace) -> str | None:
+    """Return the warning for ``--compile`` without warm-up runs, or None when it does not apply."""
+    if not args.compile or args.warmup > 0:
+        return None
+    return ("--compile with --warmup 0: the first run of each new shape includes the torch.compile "
+            "compilation, so its timings are not steady-state; pass --warmup 1 or more")
+
+
+def _run_bench(args: argparse.Namespace, out_dir: Path) -> int:
+    from tqdm import tqdm
+
+    from genkit.hardware import decode_bytes_per_step, measure_memory_bandwidth
+
+    compile_note = compile_warmup_note(args)
+    if compile_note:
+        print(f"genkit: warning: {compile_note}", file=sys.stderr)
     explicit = args.prompt_lengths is not None or args.gen_lengths is not None
     prompt_lengths = args.prompt_lengths or list(DEFAULT_PROMPT_LENGTHS)
     gen_lengths = args.gen_lengths or list(DEFAULT_GEN_LENGTHS)
@@ -473,22 +543,19 @@ def run_bench(args: argparse.Namespace) -> int:
                 "repeats": args.repeats,
                 "warmup": args.warmup,
                 "cache": args.cache,
+                "cache_options": args.cache_options or {},
+                "compile": args.compile,
                 "seed": args.seed,
                 "compare": args.compare,
                 "decoding": "greedy, min_new_tokens = max_new_tokens",
                 "skipped_cells": [list(cell) for cell in skipped],
             },
             "machine": machine_info(device),
-            "notes": list(bench.notes),
+            "notes": list(bench.notes) + ([compile_note] if compile_note else []),
         }
         if skipped:
             print(f"skipped {len(skipped)} of {len(skipped) + len(cells)} cells: prompt + generated tokens "
                   f"exceed the model's {shape.max_positions} positions", file=sys.stderr)
-
-        bandwidth = None
-        if args.bandwidth_mib:
-            bandwidth = measure_memory_bandwidth(args.bandwidth_mib << 20, device=device)
-        report["bandwidth"] = bandwidth.to_dict() if bandwidth else None
 
         hf_model = None
         shares_weights = False
@@ -519,26 +586,33 @@ def run_bench(args: argparse.Namespace) -> int:
                 traffic = decode_bytes_per_step(generator.model, shape, generator.loaded.dtype, args.batch_size,
                                                 prompt, gen)
                 row["bytes_per_decode_step"] = traffic
-                row["bandwidth_fraction"] = _bandwidth_fraction(traffic, row, bandwidth)
                 runs.append(row)
 
                 if hf_model is not None:
                     hf_row = summarize("transformers", prompt, gen, args.batch_size, theirs)
-                    hf_row["bandwidth_fraction"] = _bandwidth_fraction(traffic, hf_row, bandwidth)
+                    hf_row["bytes_per_decode_step"] = traffic
                     runs.append(hf_row)
                     comparison.append(_compare(row, hf_row, ours[0].token_ids, theirs[0].token_ids, shares_weights))
 
                 if reference is not None:
-                    fp32 = run_genkit(reference, ids, gen, args.cache)
+                    fp32 = run_genkit(reference, ids, gen, args.cache, args.cache_options)
                     agreement.append({"prompt_length": prompt, "gen_length": gen,
                                       **token_agreement(fp32.token_ids, ours[0].token_ids)})
+
+        # After the sweep: reading a large tensor first made later allocations fault
+        # and stall single decode steps by hundreds of milliseconds on the development VM.
+        bandwidth = None
+        if args.bandwidth_mib:
+            bandwidth = measure_memory_bandwidth(args.bandwidth_mib << 20, device=device)
+        report["bandwidth"] = bandwidth.to_dict() if bandwidth else None
+        for run in runs:
+            run["bandwidth_fraction"] = _bandwidth_fraction(run["bytes_per_decode_step"], run, bandwidth)
 
         report["runs"] = runs
         report["comparison"] = comparison
         report["dtype_agreement"] = agreement
 
     print_report(report)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "bench.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     written = [json_path]

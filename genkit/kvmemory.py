@@ -299,33 +299,49 @@ def parse_length(text: str) -> int:
 
 def kv_memory_table(configs: list[Any], seq_lens: list[int], batch_size: int = 1,
                     dtype: Any = DEFAULT_TABLE_DTYPE) -> list[dict[str, Any]]:
-    """Return one row per model config: its sizes, bytes per token and the bytes at each length."""
+    """Return one row per model config: its sizes, bytes per token and the bytes at each length.
+
+    ``bytes`` counts the elements only. For ``int8`` each row and entry also has the
+    bytes of genkit's ``int8`` backend, which adds a float32 scale per token and KV
+    head: ``bytes_per_token_with_scales`` and ``bytes_with_scales``.
+    """
     name = dtype_name(dtype)
+    scale_bytes = INT8_SCALE_BYTES if name == "int8" else 0
     rows = []
     for source in configs:
         config = read_model_config(source)
         entries = []
         for seq_len in seq_lens:
-            entries.append({
+            entry = {
                 "seq_len": seq_len,
                 "bytes": kv_cache_bytes(config, batch_size, seq_len, name),
                 "beyond_context": config.max_position_embeddings is not None
                 and seq_len > config.max_position_embeddings,
-            })
-        rows.append({
+            }
+            if scale_bytes:
+                entry["bytes_with_scales"] = kv_cache_bytes(config, batch_size, seq_len, name, scale_bytes)
+            entries.append(entry)
+        row = {
             "config": config.to_dict(),
             "dtype": name,
             "batch_size": batch_size,
             "bytes_per_token": kv_cache_bytes(config, 1, 1, name),
             "entries": entries,
-        })
+        }
+        if scale_bytes:
+            row["bytes_per_token_with_scales"] = kv_cache_bytes(config, 1, 1, name, scale_bytes)
+        rows.append(row)
     return rows
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """Render :func:`kv_memory_table` rows as an aligned text table."""
     seq_lens = [entry["seq_len"] for entry in rows[0]["entries"]] if rows else []
-    header = ["model", "layers", "heads", "KV heads", "head_dim", "per token"] + [format_length(n) for n in seq_lens]
+    with_scales = bool(rows) and "bytes_per_token_with_scales" in rows[0]
+    header = ["model", "layers", "heads", "KV heads", "head_dim", "per token"]
+    if with_scales:
+        header.append("with scales")
+    header += [format_length(n) for n in seq_lens]
     lines = [header]
     beyond = False
     for row in rows:
@@ -338,6 +354,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             str(config["head_dim"]),
             format_bytes(row["bytes_per_token"]),
         ]
+        if with_scales:
+            cells.append(format_bytes(row["bytes_per_token_with_scales"]))
         for entry in row["entries"]:
             mark = " *" if entry["beyond_context"] else ""
             beyond = beyond or entry["beyond_context"]
@@ -357,10 +375,14 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"x bytes per element ({dtype_bytes(rows[0]['dtype'])}, {rows[0]['dtype']})."
         )
         text.append("Per token: one position of one sequence. Binary units: 1 GiB = 1024^3 bytes.")
-        if rows[0]["dtype"] == "int8":
+        if with_scales:
             text.append(
-                f"int8 counts one byte per element. genkit's int8 cache also stores a float32 scale per token "
-                f"and KV head, {INT8_SCALE_BYTES} / head_dim more (+3.1% at head_dim 128)."
+                "int8 counts one byte per element. genkit's `int8` backend also stores a float32 scale per token "
+                "and KV head, for keys and for values."
+            )
+            text.append(
+                f"'with scales' is its size per token, and each length column grows by the same factor, "
+                f"1 + {INT8_SCALE_BYTES} / head_dim."
             )
     if beyond:
         text.append("* longer than the model's context window (max_position_embeddings).")

@@ -47,30 +47,46 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_latency_breakdown(report: dict[str, Any], path: Path) -> Path:
-    """Draw one stacked bar per cell and implementation: time to first token, decode steps, the rest."""
-    plt = require_matplotlib()
+# Space above the tallest bar, as a fraction of its height, so that no bar touches the top.
+HEADROOM = 0.15
+
+
+def draw_latency_breakdown(ax, report: dict[str, Any]) -> float:
+    """Draw the stacked latency bars on ``ax``, with the legend outside on the right; return the tallest bar in ms."""
     implementations = _implementations(report)
     cells = [(run["prompt_length"], run["gen_length"]) for run in _runs(report, implementations[0])]
     width = 0.8 / len(implementations)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(cells) * len(implementations)), 4.5))
+    tallest = 0.0
     for offset, implementation in enumerate(implementations):
         by_cell = {(run["prompt_length"], run["gen_length"]): run for run in _runs(report, implementation)}
         xs = [i + (offset - (len(implementations) - 1) / 2) * width for i in range(len(cells))]
         ttft = [by_cell[cell]["ttft_s"] * 1000 for cell in cells]
         decode = [by_cell[cell]["decode_s"] * 1000 for cell in cells]
+        other = [by_cell[cell]["other_s"] * 1000 for cell in cells]
+        below = [a + b for a, b in zip(ttft, decode)]
+        tallest = max([tallest] + [a + b for a, b in zip(below, other)])
         hatch = None if offset == 0 else "//"
         ax.bar(xs, ttft, width, label=f"{implementation}: prefill (TTFT)", color="tab:orange", hatch=hatch)
         ax.bar(xs, decode, width, bottom=ttft, label=f"{implementation}: decode", color="tab:blue", hatch=hatch)
-        other = [by_cell[cell]["other_s"] * 1000 for cell in cells]
-        below = [a + b for a, b in zip(ttft, decode)]
         ax.bar(xs, other, width, bottom=below, label=f"{implementation}: between steps and results",
                color="tab:gray", hatch=hatch)
     ax.set_xticks(range(len(cells)), [f"{p}+{g}" for p, g in cells], rotation=45, ha="right")
+    ax.set_ylim(0, tallest * (1 + HEADROOM) if tallest > 0 else 1.0)
     ax.set_xlabel("prompt tokens + generated tokens")
     ax.set_ylabel("latency (ms)")
     ax.set_title("Latency per request: prefill and decode")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return tallest
+
+
+def plot_latency_breakdown(report: dict[str, Any], path: Path) -> Path:
+    """Draw one stacked bar per cell and implementation: time to first token, decode steps, the rest."""
+    plt = require_matplotlib()
+    cells = len({(run["prompt_length"], run["gen_length"]) for run in report["runs"]})
+    bars = len(report["runs"])
+    # The legend sits right of the axes, so the figure is wider than the bars need.
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * max(bars, cells)) + 3.0, 4.5))
+    draw_latency_breakdown(ax, report)
     saved = _save(fig, path)
     plt.close(fig)
     return saved

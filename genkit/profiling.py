@@ -28,7 +28,13 @@ from typing import Any, Callable
 
 import torch
 
-from genkit.benchmark import add_model_arguments, load_bench_model, non_negative_int, positive_int
+from genkit.benchmark import (
+    add_model_arguments,
+    load_bench_model,
+    non_negative_int,
+    output_folder,
+    positive_int,
+)
 from genkit.engine import synchronize
 from genkit.errors import ConfigError
 
@@ -168,7 +174,8 @@ def plain_step_seconds(generator, prompts: list[list[int]], **kwargs: Any) -> fl
 def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     from genkit.cli import GENERATION_FLAGS, _flag
 
-    add_model_arguments(parser)
+    add_model_arguments(parser, compile_help="not supported: the timing wrappers and hooks cannot run inside "
+                        "torch.compile; time a compiled model with `genkit bench --compile`")
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default=None, help="prompt text (default: random token ids)")
     prompt.add_argument("--prompt-length", type=positive_int, default=16,
@@ -195,9 +202,9 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
     kwargs = {name: getattr(args, name) for name, _, _ in GENERATION_FLAGS
               if getattr(args, name, None) is not None and name not in ("cache", "seed")}
-    kwargs.update(max_new_tokens=args.max_new_tokens, cache=args.cache, seed=args.seed)
-    if args.do_sample:
-        kwargs["do_sample"] = True
+    # Greedy unless --do-sample, even when the checkpoint's generation_config samples.
+    kwargs.update(max_new_tokens=args.max_new_tokens, cache=args.cache, seed=args.seed,
+                  cache_options=args.cache_options or {}, do_sample=bool(args.do_sample))
     return kwargs
 
 
@@ -235,20 +242,29 @@ def print_profile(report: dict[str, Any]) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    if args.compile:
+        # torch.compile traces the decode step, and dynamo cannot trace time.perf_counter
+        # in the wrappers and hooks, so the profiled request would fail.
+        raise ConfigError(
+            "genkit profile does not support --compile: it times the parts of the decode step with Python "
+            "wrappers and hooks, which torch.compile cannot trace; drop --compile, or time a compiled model "
+            "with `genkit bench --compile`"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {args.out!r} is a file; pass a folder path for profile.json and profile.png")
     if not args.no_plots:
         from genkit.plots import require_matplotlib
 
         require_matplotlib()
-    kwargs = _generation_kwargs(args)
+    with output_folder(args.out, "profile.json and profile.png") as out_dir:
+        return _run_profile(args, out_dir)
 
+
+def _run_profile(args: argparse.Namespace, out_dir: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="genkit-profile-") as scratch:
         min_positions = (args.prompt_length if args.prompt is None else 1) + args.max_new_tokens - 1
         generator = load_bench_model(args, Path(scratch), min_positions).generator
+        kwargs = _generation_kwargs(args)  # after load_bench_model, which picks the default --cache
         shape = generator.loaded.shape
         if args.prompt is not None:
             prompt_ids = generator.encode_prompt(args.prompt)
@@ -270,9 +286,10 @@ def run_profile(args: argparse.Namespace) -> int:
     report["model"] = generator.loaded.name
     report["settings"] = {"prompt_tokens": len(prompt_ids), "batch_size": args.batch_size, "dtype": args.dtype,
                           "device": str(generator.device), "torch_threads": torch.get_num_threads(),
-                          "generation": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}}
+                          "warmup": args.warmup,
+                          "generation": {k: v for k, v in kwargs.items()
+                                         if isinstance(v, (int, float, str, bool)) or k == "cache_options"}}
     print_profile(report)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "profile.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     written = [json_path]

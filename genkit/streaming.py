@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import numbers
 import queue
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from genkit.engine import GenerationResult, Generator, StreamEvent
-from genkit.errors import GenerationError
+from genkit.errors import ConfigError, GenerationError
 
 logger = logging.getLogger("genkit")
 
@@ -48,8 +50,16 @@ class _Failure:
 
 
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not timeout > 0:
-        raise GenerationError(f"invalid timeout={timeout!r}: expected seconds > 0, or None to wait without limit")
+    """Raise ConfigError unless ``timeout`` is None or a finite number of seconds > 0."""
+    if timeout is None:
+        return
+    valid = (isinstance(timeout, numbers.Real) and not isinstance(timeout, bool)
+             and math.isfinite(timeout) and timeout > 0)
+    if not valid:
+        raise ConfigError(
+            f"invalid timeout={timeout!r} ({type(timeout).__name__}): expected a finite number of seconds > 0, "
+            "e.g. timeout=30, or None to wait without limit"
+        )
 
 
 class _Worker:
@@ -98,7 +108,8 @@ class _Worker:
 class ThreadedStream:
     """Generate in a worker thread and iterate over the :class:`StreamEvent` objects here.
 
-    ``timeout`` (seconds) bounds the wait for each event; when it passes,
+    ``timeout`` (seconds, a finite number > 0, or None for no limit; anything else
+    raises ConfigError) bounds the wait for each event. When it passes,
     :class:`StreamTimeoutError` is raised and the worker is asked to stop. An
     exception in the worker is raised again by the iteration. Leaving the loop
     early (``break``, an exception in the loop body) or calling :meth:`cancel`

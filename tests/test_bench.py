@@ -16,6 +16,7 @@ from genkit.benchmark import plan_cells
 from genkit.cli import main
 from genkit.errors import ConfigError
 from genkit.hardware import kv_bytes_per_position, measure_memory_bandwidth, weight_bytes_per_step
+from genkit.plots import draw_latency_breakdown, require_matplotlib
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("latency_breakdown.png", "throughput.png", "decode_fraction.png", "latency_vs_gen_length.png")
@@ -70,10 +71,31 @@ def test_toy_sweep_report_and_plots(tmp_path):
         assert traffic["total_bytes"] == traffic["weight_bytes"] + traffic["kv_cache_bytes"]
         assert 0 < run["bandwidth_fraction"]
 
+    assert report["settings"]["compile"] is False
+    assert report["settings"]["cache_options"] == {}
     for name in PLOTS:
         data = (tmp_path / "out" / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE), name
         assert len(data) > 5000, name
+    check_latency_breakdown_layout(report)
+
+
+def check_latency_breakdown_layout(report: dict) -> None:
+    """The tallest stacked bar stays below the top of the axes, and the legend covers no bar."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    try:
+        tallest = draw_latency_breakdown(ax, report)
+        fig.canvas.draw()
+        assert tallest == pytest.approx(max(run["total_s"] for run in report["runs"]) * 1000, rel=1e-6)
+        bottom, top = ax.get_ylim()
+        assert bottom == 0
+        assert top >= tallest * 1.15 * (1 - 1e-9)
+        legend_box = ax.get_legend().get_window_extent()
+        axes_box = ax.get_window_extent()
+        assert legend_box.x0 >= axes_box.x1, "the legend overlaps the axes"
+    finally:
+        plt.close(fig)
 
 
 def test_gpt2_compare_transformers_tokens_match(tmp_path, tiny_gpt2):
@@ -159,6 +181,8 @@ def test_explicit_lengths_beyond_positions_rejected():
         (["--repeats", "0"], "expected an integer >= 1"),
         (["--toy-shape", "2,130,4"], "EMBD a multiple of HEADS"),
         (["--toy-shape", "2,128"], "expected three integers"),
+        (["--cache-options", "{block_size: 4}"], "argument --cache-options: invalid JSON '{block_size: 4}'"),
+        (["--cache-options", "[4]"], "invalid value '[4]': expected a JSON object"),
     ],
 )
 def test_bad_flags_rejected(tmp_path, capsys, flags, message):
@@ -174,6 +198,8 @@ def test_bad_flags_rejected(tmp_path, capsys, flags, message):
     [
         (["--prompt-lengths", "100", "--gen-lengths", "50"], "exceeds the model's 128 positions"),
         (["--prompt-lengths", "4", "--gen-lengths", "4", "--cache", "nonexistent"], "nonexistent"),
+        (["--prompt-lengths", "4", "--gen-lengths", "4", "--cache", "paged", "--cache-options", '{"blok": 3}'],
+         "unknown cache_options ['blok'] for the 'paged' KV cache; it accepts: block_size, num_blocks"),
     ],
 )
 def test_bad_values_reported_as_errors(tmp_path, capsys, flags, message):
@@ -190,6 +216,66 @@ def test_output_path_that_is_a_file_rejected(tmp_path, capsys):
 
     assert main(["bench", "--out", str(target), "--prompt-lengths", "4", "--gen-lengths", "4"]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def unwritable_paths(tmp_path: Path) -> list[str]:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    paths = [str(afile / "sub")]
+    if Path("/proc/self").is_dir():  # procfs rejects new folders, even for root
+        paths.append("/proc/genkitbench")
+    return paths
+
+
+def test_unusable_output_folder_rejected_before_sweep(tmp_path, capsys):
+    for out in unwritable_paths(tmp_path):
+        code = main(["bench", "--out", out, "--prompt-lengths", "4", "--gen-lengths", "4", "--repeats", "1"])
+
+        captured = capsys.readouterr()
+        assert code == 2, out
+        assert f"cannot create or write to the --out folder {out!r}" in captured.err
+        assert "pass a writable folder path for bench.json and the plots" in captured.err
+        assert "Traceback" not in captured.err
+        assert captured.out == "", "the sweep ran before the folder was checked"
+
+
+def test_empty_output_path_rejected(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["bench", "--out", "", "--prompt-lengths", "4", "--gen-lengths", "4", "--no-plots"]) == 2
+    assert "invalid --out ''" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_output_folder_created_with_parents(tmp_path):
+    report = run_bench(tmp_path / "new" / "nested", "--prompt-lengths", "4", "--gen-lengths", "3", "--repeats", "1",
+                       "--warmup", "0", "--no-plots")
+
+    assert report["runs"][0]["gen_length"] == 3
+
+
+def test_paged_cache_options_reach_the_cache(tmp_path):
+    report = run_bench(tmp_path, "--prompt-lengths", "4", "--gen-lengths", "4", "--repeats", "1", "--warmup", "0",
+                       "--no-plots", "--cache", "paged", "--cache-options", '{"block_size": 3}')
+
+    assert report["settings"]["cache"] == "paged"
+    assert report["settings"]["cache_options"] == {"block_size": 3}
+    # 4 + 4 - 1 = 7 positions fill ceil(7 / 3) = 3 blocks of 3 positions; the toy
+    # stores 2 layers x 4 heads x 32 dims x 2 (k, v) x 4 bytes = 2048 bytes per position.
+    assert report["runs"][0]["kv_cache_bytes"] == 3 * 3 * 2048
+
+
+def test_compile_without_warmup_warns(tmp_path, capsys):
+    report = run_bench(tmp_path, "--prompt-lengths", "4", "--gen-lengths", "3", "--repeats", "1", "--warmup", "0",
+                       "--no-plots", "--compile")
+
+    captured = capsys.readouterr()
+    assert report["settings"]["compile"] is True
+    assert report["settings"]["cache"] == "graph"
+    warning = [line for line in captured.err.splitlines() if line.startswith("genkit: warning:")]
+    assert len(warning) == 1
+    assert "first run of each new shape includes the torch.compile compilation" in warning[0]
+    assert any("first run of each new shape includes" in note for note in report["notes"])
 
 
 def test_missing_matplotlib_named_with_install_command(tmp_path, capsys, monkeypatch):

@@ -409,6 +409,42 @@ def test_cli_default_table(capsys):
     assert "Binary units" in out
 
 
+def test_cli_int8_table_shows_scales(capsys):
+    code, out, _ = run_cli(capsys, "--dtype", "int8", "--config", "llama-7b", "--config", "gpt2", "--seq-len", "4K")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "with scales" in lines["model"]
+    # llama-7b per token: 2 x 32 layers x 32 heads x 128 = 256 KiB of int8 elements,
+    # plus 2 x 32 x 32 float32 scales = 8 KiB.
+    assert lines["llama-7b"].split()[6:10] == ["256.00", "KiB", "264.00", "KiB"]
+    # gpt2 per token: 2 x 12 x 12 x 64 = 18 KiB, plus 2 x 12 x 12 x 4 bytes = 1.125 KiB.
+    assert lines["gpt2"].split()[6:10] == ["18.00", "KiB", "19.12", "KiB"]
+    assert "genkit's `int8` backend also stores a float32 scale per token and KV head" in out
+    assert "1 + 4 / head_dim" in out
+
+
+def test_cli_int8_json_has_bytes_with_scales(capsys):
+    code, out, _ = run_cli(capsys, "--dtype", "int8", "--config", "llama-7b", "--seq-len", "4K", "--json")
+    assert code == 0
+    (row,) = json.loads(out)["table"]
+    (entry,) = row["entries"]
+    assert row["bytes_per_token"] == 256 * 1024
+    assert row["bytes_per_token_with_scales"] == 264 * 1024
+    assert entry["bytes"] == GiB
+    # One 4-byte scale per 128 one-byte elements adds 1/32.
+    assert entry["bytes_with_scales"] == GiB + GiB // 32
+
+
+def test_float_table_has_no_scale_fields(capsys):
+    rows = kv_memory_table(["gpt2"], [1024], dtype="float16")
+    assert "bytes_per_token_with_scales" not in rows[0]
+    assert "bytes_with_scales" not in rows[0]["entries"][0]
+    code, out, _ = run_cli(capsys, "--config", "gpt2", "--seq-len", "1K")
+    assert code == 0
+    assert "with scales" not in out
+    assert "int8" not in out
+
+
 def test_cli_json_custom_config(capsys, llama_gqa_folder):
     code, out, _ = run_cli(capsys, "--config", str(llama_gqa_folder), "--seq-len", "1k", "--seq-len", "300",
                            "--batch-size", "4", "--dtype", "bf16", "--json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +109,8 @@ def test_prompt_beyond_positions_rejected(tmp_path, capsys):
         (["--prompt-length", "0"], "expected an integer >= 1"),
         (["--max-new-tokens", "x"], "invalid integer 'x'"),
         (["--prompt", "ab", "--prompt-length", "4"], "not allowed with argument"),
+        (["--cache-options", "{block_size: 4}"], "argument --cache-options: invalid JSON '{block_size: 4}'"),
+        (["--cache-options", "4"], "invalid value '4': expected a JSON object"),
     ],
 )
 def test_bad_flags_rejected(tmp_path, capsys, flags, message):
@@ -116,3 +119,80 @@ def test_bad_flags_rejected(tmp_path, capsys, flags, message):
 
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_unusable_output_folder_rejected_before_profiling(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    paths = [str(afile / "sub")]
+    if Path("/proc/self").is_dir():  # procfs rejects new folders, even for root
+        paths.append("/proc/genkitprofile")
+
+    for out in paths:
+        code = main(["profile", "--out", out, "--max-new-tokens", "5"])
+
+        captured = capsys.readouterr()
+        assert code == 2, out
+        assert f"cannot create or write to the --out folder {out!r}" in captured.err
+        assert "pass a writable folder path for profile.json and profile.png" in captured.err
+        assert captured.out == "", "the request was profiled before the folder was checked"
+
+
+def test_empty_output_path_rejected(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["profile", "--out", "", "--max-new-tokens", "5", "--no-plots"]) == 2
+    assert "invalid --out ''" in capsys.readouterr().err
+    assert not (tmp_path / "profile.json").exists()
+
+
+def test_compile_rejected_with_reason(tmp_path, capsys):
+    out = tmp_path / "profile"
+
+    assert main(["profile", "--out", str(out), "--compile", "--max-new-tokens", "5"]) == 2
+    error = capsys.readouterr().err
+    assert "genkit profile does not support --compile" in error
+    assert "genkit bench --compile" in error
+    assert not out.exists()
+
+
+def test_cache_options_reach_the_paged_cache(tmp_path, toy):
+    out = tmp_path / "profile"
+
+    code = main(["profile", "--out", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--no-plots",
+                 "--cache", "paged", "--cache-options", '{"block_size": 4}'])
+
+    assert code == 0
+    report = json.loads((out / "profile.json").read_text())
+    generation = report["settings"]["generation"]
+    assert generation["cache"] == "paged"
+    assert generation["cache_options"] == {"block_size": 4}
+    # Greedy by default, although the toy's generation_config samples.
+    assert generation["do_sample"] is False
+    prompt = toy.encode_prompt("ROMEO:")
+    assert report["token_ids"] == [toy.generate(prompt, max_new_tokens=12, do_sample=False).token_ids]
+
+
+def test_bad_cache_option_removes_new_output_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "profile"
+
+    code = main(["profile", "--out", str(out), "--max-new-tokens", "5", "--no-plots", "--cache", "paged",
+                 "--cache-options", '{"block_size": 0}'])
+
+    assert code == 2
+    assert "invalid cache_options block_size=0 for the 'paged' KV cache" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_do_sample_flag_samples_like_generate(tmp_path, toy):
+    out = tmp_path / "profile"
+
+    code = main(["profile", "--out", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--no-plots",
+                 "--do-sample", "--top-k", "5", "--seed", "3"])
+
+    assert code == 0
+    report = json.loads((out / "profile.json").read_text())
+    assert report["settings"]["generation"]["do_sample"] is True
+    prompt = toy.encode_prompt("ROMEO:")
+    expected = toy.generate(prompt, max_new_tokens=12, do_sample=True, top_k=5, seed=3).token_ids
+    assert report["token_ids"] == [expected]

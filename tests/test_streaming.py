@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -295,12 +296,36 @@ def test_stream_timeout_is_a_timeout_error():
     assert issubclass(StreamTimeoutError, GenerationError)
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0])
-def test_invalid_timeout_rejected(toy, timeout):
-    with pytest.raises(GenerationError, match=f"timeout={timeout}"):
+@pytest.mark.parametrize(
+    ("timeout", "shown"),
+    [(0, "timeout=0 (int)"), (-1.0, "timeout=-1.0 (float)"), ("5", "timeout='5' (str)"), (True, "timeout=True (bool)"),
+     (float("nan"), "timeout=nan (float)"), (float("inf"), "timeout=inf (float)"), ([5], "timeout=[5] (list)")],
+)
+def test_invalid_timeout_rejected(toy, timeout, shown):
+    threads_before = threading.active_count()
+
+    with pytest.raises(ConfigError, match=re.escape(shown)) as threaded:
         ThreadedStream(toy, "to be", timeout=timeout)
-    with pytest.raises(GenerationError, match=f"timeout={timeout}"):
+    with pytest.raises(ConfigError, match=re.escape(shown)):
+        stream_in_thread(toy, "to be", timeout=timeout)
+    with pytest.raises(ConfigError, match=re.escape(shown)):
         astream(toy, "to be", timeout=timeout)
+    with pytest.raises(ConfigError, match=re.escape(shown)):
+        AsyncGenerationStream(toy, "to be", timeout=timeout)
+    with pytest.raises(ConfigError, match=re.escape(shown)):
+        toy.astream("to be", timeout=timeout)
+
+    assert "a finite number of seconds > 0" in str(threaded.value)
+    # The check runs before the worker thread starts.
+    assert threading.active_count() == threads_before
+
+
+@pytest.mark.parametrize("timeout", [None, 30, 2.5])
+def test_valid_timeout_accepted(toy, timeout):
+    stream = ThreadedStream(toy, "to be", max_new_tokens=3, timeout=timeout)
+
+    assert len(list(stream)) == 3
+    assert stream.timeout == timeout
 
 
 # ---------------------------------------------------------------- asyncio
@@ -422,7 +447,7 @@ def test_cli_stream_json_has_token_times():
     times = [line["time_s"] for line in tokens]
     assert times == sorted(times)
     assert times[0] > 0
-    assert [line["index"] for line in done] == [0, 1]
+    assert [line["sequence"] for line in done] == [0, 1]
     assert [line["prompt"] for line in done] == ["ROMEO:", "KING:"]
     for row in (0, 1):
         text = "".join(line["text"] for line in tokens if line["sequence"] == row)
