@@ -122,7 +122,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, compile_help: str | Non
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--cache", default=None,
-                        help="KV cache backend name (default: concat, or graph with --compile)")
+                        help="KV cache backend name (default: static, or graph with --compile)")
     parser.add_argument("--cache-options", type=parse_cache_options, default=None, metavar="JSON",
                         help="options for the KV cache's build function, as a JSON object, "
                         "e.g. '{\"block_size\": 16}' for --cache paged (default: none)")
@@ -202,7 +202,7 @@ def load_bench_model(args: argparse.Namespace, scratch: Path, min_positions: int
     from genkit.engine import Generator
 
     if args.cache is None:
-        args.cache = "graph" if args.compile else "concat"
+        args.cache = "graph" if args.compile else "static"
 
     dtype = _torch_dtype(args.dtype)
     if args.toy_shape is not None:

@@ -67,7 +67,7 @@ GENERATION_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("pad_token_id", int, "token id used to pad finished sequences in a batch"),
     ("seed", int, "seed of the sampling RNG, for reproducible output"),
     ("sampler", str, "sampler name (default: greedy, or multinomial with --do-sample); see `genkit plugins`"),
-    ("cache", str, "KV cache backend name (default: concat); see `genkit plugins`"),
+    ("cache", str, "KV cache backend name (default: static); see `genkit plugins`"),
 ]
 
 

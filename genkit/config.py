@@ -73,7 +73,7 @@ class GenerationConfig:
     # Randomness and components.
     seed: int | None = None
     sampler: str | None = None
-    cache: str = "concat"
+    cache: str = "static"
     logits_processors: list[Any] = field(default_factory=list)
     stopping_criteria: list[Any] = field(default_factory=list)
     sampler_options: dict[str, Any] = field(default_factory=dict)

@@ -188,7 +188,8 @@ def test_stream_batch_row_counts_shrink(byte_gpt2):
     prompts = GPT2_PROMPTS[:3]
     free = generate_singles(byte_gpt2, prompts, max_new_tokens=12, do_sample=False)
     eos = free[0].token_ids[2]
-    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=eos)
+    # concat prefills the padded batch in one pass (static would prefill row by row).
+    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=eos, cache="concat")
     lengths = [len(r.token_ids) for r in generate_singles(byte_gpt2, prompts, **kwargs)]
     sizes, handle = count_model_rows(byte_gpt2)
     try:

@@ -65,8 +65,8 @@ def test_toy_sweep_report_and_plots(tmp_path):
     for run in report["runs"]:
         check_run_values(run)
         assert run["implementation"] == "genkit"
-        # The last token is never fed, so the concat cache ends with prompt + new - 1 positions.
-        assert run["kv_cache_bytes"] == (run["prompt_length"] + run["gen_length"] - 1) * per_position
+        # The default static cache holds prompt + new positions from the start.
+        assert run["kv_cache_bytes"] == (run["prompt_length"] + run["gen_length"]) * per_position
         traffic = run["bytes_per_decode_step"]
         assert traffic["total_bytes"] == traffic["weight_bytes"] + traffic["kv_cache_bytes"]
         assert 0 < run["bandwidth_fraction"]
@@ -140,8 +140,9 @@ def test_bfloat16_reports_agreement_with_float32(tmp_path, tiny_gpt2):
     assert 0.0 <= entry["fraction_identical"] <= 1.0
     if entry["fraction_identical"] < 1.0:
         assert 0 <= entry["first_difference"] < 10
-    # bfloat16 keys and values take 2 bytes: (6 + 10 - 1) positions x 2 layers x 64 dims x 2 (k, v) x 2 bytes.
-    assert report["runs"][0]["kv_cache_bytes"] == 15 * 2 * 64 * 2 * 2
+    # bfloat16 keys and values take 2 bytes: the static cache's (6 + 10) positions x 2 layers x 64 dims
+    # x 2 (k, v) x 2 bytes.
+    assert report["runs"][0]["kv_cache_bytes"] == 16 * 2 * 64 * 2 * 2
 
 
 def test_toy_shape_builds_random_model(tmp_path):
