@@ -202,6 +202,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"invalid --threads {args.threads}: expected an integer >= 1")
+        cores = os.cpu_count() or 1
+        if args.threads > cores:
+            logger.warning("--threads %d is more than the %d CPU cores; threads will wait for each other",
+                           args.threads, cores)
         torch.set_num_threads(args.threads)
     prompts = read_prompts(args)
     kwargs = generation_kwargs(args)

@@ -173,6 +173,7 @@ class Generator:
         # run through torch.compile (compiled on first use, once per batch size and capacity).
         self.compile = compile
         self._compiled_model: Any = None
+        self._warned_eager_cache = False
         # Read once: looking the device up from the parameters costs microseconds per token.
         self._device = loaded.device
 
@@ -384,7 +385,8 @@ class Generator:
             criteria_by_reason=dict(plan.stopping),
             clamp_positions=bool(ctx.row_max_lengths),
         )
-        if self.compile and not getattr(plan.cache, "graph_safe", False):
+        if self.compile and not getattr(plan.cache, "graph_safe", False) and not self._warned_eager_cache:
+            self._warned_eager_cache = True  # once per Generator, not per request
             logger.warning("compile=True, but the %r KV cache is not graph-safe: decode steps run eagerly; "
                            "use the 'graph' cache for compiled steps", config.cache)
 

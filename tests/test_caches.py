@@ -395,3 +395,22 @@ def test_sliding_clamps_position_ids():
     assert cache.position_ids(positions, 256).flatten().tolist() == [3, 255, 255, 255]
     assert cache.extends_context
     assert get_registry().caches["sliding"].spec.extends_context
+
+
+def test_static_max_length_bounds():
+    from genkit.engine import Generator
+
+    gen = Generator.from_pretrained()
+    state = gen.prefill(["ROMEO:"], max_new_tokens=5, cache="static", cache_options={"max_length": 100})
+    assert state.plan.cache.max_length == 100  # more than this request needs is allowed
+    with pytest.raises(ConfigError, match=r"max_length=10000000000 .* expected at most 135"):
+        gen.generate("ROMEO:", max_new_tokens=5, cache="static", cache_options={"max_length": 10**10})
+
+
+def test_paged_pool_too_large_names_options():
+    from genkit.engine import Generator
+    from genkit.errors import GenerationError
+
+    gen = Generator.from_pretrained()
+    with pytest.raises(GenerationError, match=r"could not allocate .*num_blocks.*lower max_new_tokens"):
+        gen.generate("ROMEO:", max_new_tokens=5, cache="paged", cache_options={"num_blocks": 10**14})

@@ -112,3 +112,14 @@ def test_cli_compile_flag_matches_eager(capsys):
     compiled = json.loads(capsys.readouterr().out)
     assert compiled["token_ids"] == eager["token_ids"]
     assert compiled["text"] == eager["text"]
+
+
+def test_graph_round_to_may_exceed_request(toy):
+    """A capacity above what one request needs is allowed: it lets requests of other lengths share a shape."""
+    state = toy.prefill(["ROMEO:"], max_new_tokens=5, do_sample=False, cache="graph", cache_options={"round_to": 128})
+    assert state.plan.cache.capacity == 128
+
+
+def test_graph_round_to_beyond_any_sequence_rejected(toy):
+    with pytest.raises(ConfigError, match=r"round_to=1000000000 .* expected at most"):
+        toy.generate("ROMEO:", max_new_tokens=5, cache="graph", cache_options={"round_to": 10**9})

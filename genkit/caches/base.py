@@ -159,9 +159,17 @@ class KVCache:
         one new position is given.
         """
         keys, values = self.update(layer, key, value)
-        # (B, nh, T, hs) x (B, nh, S, hs) -> (B, nh, T, hs)
-        causal = mask is None and query.shape[2] > 1
-        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal)
+        return attention(query, keys, values, mask)
+
+
+def attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Return SDPA of ``query`` over ``keys``/``values``: masked by ``mask``, or causal when it is None.
+
+    Shapes: (B, nh, T, hs) x (B, nh, S, hs) -> (B, nh, T, hs). A None mask with one
+    query attends to every key, which is right for a decode step.
+    """
+    causal = mask is None and query.shape[2] > 1
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal)
 
 
 def tensor_bytes(*tensors: torch.Tensor | None) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, tensor_bytes
+from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, attention, tensor_bytes
 from genkit.models.attention import build_attention_mask
 
 
@@ -125,8 +125,7 @@ class GraphKVCache(KVCache):
             self.position.fill_(end)
             self.prefilled = True
         keys, values = self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-        causal = mask is None and T > 1
-        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal)
+        return attention(query, keys, values, mask)
 
     def usage(self) -> CacheUsage:
         rows = self.written.shape[0]

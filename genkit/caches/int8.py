@@ -13,9 +13,8 @@ range and precision, at 4 bytes per ``head_dim`` values (6% of the int8 data at
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, tensor_bytes
+from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, attention, tensor_bytes
 
 INT8_MAX = 127
 # A vector of zeros gets this scale instead of 0, so quantizing never divides by zero.
@@ -105,8 +104,7 @@ class Int8KVCache(KVCache):
 
         # Prefill into an empty cache: attend over the exact prompt, store it quantized.
         self._write(layer, key, value)
-        causal = mask is None and query.shape[2] > 1
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
+        return attention(query, key, value, mask)
 
     def length(self, layer: int = 0) -> int:
         return self.lengths[layer]

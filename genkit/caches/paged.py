@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, tensor_bytes
+from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, attention, tensor_bytes
 from genkit.errors import ConfigError
 
 
@@ -181,8 +180,7 @@ class PagedKVCache(KVCache):
         # Prefill into an empty cache: attention needs only the new keys, so the
         # blocks are written but not gathered back.
         self._write(layer, key, value)
-        causal = mask is None and query.shape[2] > 1
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal)
+        return attention(query, key, value, mask)
 
     def length(self, layer: int = 0) -> int:
         return self.lengths[layer]

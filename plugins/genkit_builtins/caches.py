@@ -40,10 +40,15 @@ def int_option(cache: str, name: str, value: Any, minimum: int, maximum: int | N
         )
     if maximum is not None and value > maximum:
         raise ConfigError(
-            f"invalid cache_options {name}={value!r} for the {cache!r} KV cache: this request needs at most "
-            f"{maximum}; lower it"
+            f"invalid cache_options {name}={value!r} for the {cache!r} KV cache: expected at most {maximum}, "
+            "the most positions a sequence of this request can reach (prompt + the model's positions); lower it"
         )
     return value
+
+
+def position_limit(ctx: RequestContext) -> int:
+    """Return the most logical positions a row of this request can reach: the padded prompt plus the model's window."""
+    return ctx.prompt_length + ctx.shape.max_positions + 1
 
 
 def build_concat(ctx: RequestContext, **options: Any) -> ConcatKVCache:
@@ -53,7 +58,7 @@ def build_concat(ctx: RequestContext, **options: Any) -> ConcatKVCache:
 
 def build_static(ctx: RequestContext, **options: Any) -> StaticKVCache:
     check_options("static", options, ("max_length",))
-    max_length = int_option("static", "max_length", options.get("max_length", ctx.max_length), 1, ctx.max_length)
+    max_length = int_option("static", "max_length", options.get("max_length", ctx.max_length), 1, position_limit(ctx))
     shape = ctx.shape
     return StaticKVCache(
         shape.n_layers, ctx.batch_size, shape.n_heads, shape.head_dim, max_length, ctx.dtype, ctx.device
@@ -63,7 +68,7 @@ def build_static(ctx: RequestContext, **options: Any) -> StaticKVCache:
 def build_paged(ctx: RequestContext, **options: Any) -> PagedKVCache:
     check_options("paged", options, ("block_size", "num_blocks"))
     block_size = int_option("paged", "block_size", options.get("block_size", DEFAULT_BLOCK_SIZE), 1,
-                            max(ctx.max_length, DEFAULT_BLOCK_SIZE))
+                            max(position_limit(ctx), DEFAULT_BLOCK_SIZE))
     num_blocks = options.get("num_blocks", default_num_blocks(ctx.batch_size, ctx.max_length, block_size))
     num_blocks = int_option("paged", "num_blocks", num_blocks, 1)
     shape = ctx.shape
@@ -73,7 +78,7 @@ def build_paged(ctx: RequestContext, **options: Any) -> PagedKVCache:
 
 def build_int8(ctx: RequestContext, **options: Any) -> Int8KVCache:
     check_options("int8", options, ("max_length",))
-    max_length = int_option("int8", "max_length", options.get("max_length", ctx.max_length), 1, ctx.max_length)
+    max_length = int_option("int8", "max_length", options.get("max_length", ctx.max_length), 1, position_limit(ctx))
     shape = ctx.shape
     return Int8KVCache(shape.n_layers, ctx.batch_size, shape.n_heads, shape.head_dim, max_length, ctx.dtype, ctx.device)
 
@@ -107,7 +112,7 @@ def build_sliding(ctx: RequestContext, **options: Any) -> SlidingWindowKVCache:
 
 def build_graph(ctx: RequestContext, **options: Any) -> GraphKVCache:
     check_options("graph", options, ("round_to",))
-    round_to = int_option("graph", "round_to", options.get("round_to", 64), 1, max(ctx.max_length, 64))
+    round_to = int_option("graph", "round_to", options.get("round_to", 64), 1, max(position_limit(ctx), 64))
     shape = ctx.shape
     capacity = round_up(ctx.max_length, round_to)
     return GraphKVCache(shape.n_layers, ctx.batch_size, shape.n_heads, shape.head_dim, capacity, ctx.dtype, ctx.device)
