@@ -397,7 +397,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting `generate` prompts at the first option, so prompts
+    # after options arrive here; anything that looks like an option is still an error.
+    # After "--" every argument is a prompt, even one that starts with "-".
+    before, after = (extra[: extra.index("--")], extra[extra.index("--") + 1 :]) if "--" in extra else (extra, [])
+    if extra and args.command == "generate" and not any(item.startswith("-") for item in before):
+        args.prompts = [*args.prompts, *before, *after]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="genkit: %(levelname)s: %(message)s")
     try:
