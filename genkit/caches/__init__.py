@@ -5,6 +5,7 @@ See docs/caches.md for the protocol and for what each backend trades.
 
 from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache
 from genkit.caches.concat import ConcatKVCache
+from genkit.caches.graph import GraphKVCache
 from genkit.caches.int8 import Int8KVCache
 from genkit.caches.paged import BlockPool, PagedKVCache
 from genkit.caches.sliding import SlidingWindowKVCache
@@ -15,6 +16,7 @@ __all__ = [
     "CacheCapacityError",
     "CacheUsage",
     "ConcatKVCache",
+    "GraphKVCache",
     "Int8KVCache",
     "KVCache",
     "PagedKVCache",

@@ -24,6 +24,7 @@ from genkit.models.attention import build_attention_mask
 
 
 def round_up(value: int, multiple: int) -> int:
+    """Return the smallest multiple of ``multiple`` that is >= ``value``."""
     return -(-value // multiple) * multiple
 
 
