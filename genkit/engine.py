@@ -412,9 +412,9 @@ class Generator:
     ) -> torch.Tensor:
         """Run the prompts through the model and return the last position's logits (B, 1, V).
 
-        A padded batch whose cache can write one row at a time is prefilled prompt by
-        prompt, which spends no compute on padding; otherwise the padded batch runs in
-        one forward pass.
+        When the batch is padded and the cache can write one row at a time, each
+        prompt runs alone, so no compute goes to padding. Otherwise the padded batch
+        runs in one forward pass.
         """
         longest = input_ids.shape[1]
         writers = None
