@@ -12,7 +12,7 @@ Parts:
    (124M parameters, 12 layers, 768 wide) built with transformers'
    ``save_pretrained`` from random weights, because no real GPT-2 weights are
    available offline. A random GPT-2's logits are nearly flat, so its greedy
-   agreement tells little about a trained GPT-2.
+   agreement says little about a trained GPT-2.
 2. Memory: int8 bytes against static in float32 and float16, and paged waste for
    a 200-position sequence at block size 16.
 3. sliding: perplexity of text fed token by token through the sliding cache,

@@ -65,7 +65,7 @@ def test_toy_sweep_report_and_plots(tmp_path):
     for run in report["runs"]:
         check_run_values(run)
         assert run["implementation"] == "genkit"
-        # The default static cache holds prompt + new positions from the start.
+        # The default static cache reserves prompt + new positions from the start.
         assert run["kv_cache_bytes"] == (run["prompt_length"] + run["gen_length"]) * per_position
         traffic = run["bytes_per_decode_step"]
         assert traffic["total_bytes"] == traffic["weight_bytes"] + traffic["kv_cache_bytes"]

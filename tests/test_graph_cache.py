@@ -49,7 +49,7 @@ def test_graph_matches_transformers_on_gpt2(tiny_gpt2):
 
 
 def test_graph_cache_decode_step_keeps_shapes_fixed(toy):
-    """Every decode step sees the same tensor shapes: the property torch.compile needs."""
+    """Every decode step gets tensors of the same shapes: the property torch.compile needs."""
     state = toy.prefill(["ROMEO:"], max_new_tokens=20, do_sample=False, cache="graph")
     cache = state.plan.cache
     assert isinstance(cache, GraphKVCache)

@@ -16,6 +16,7 @@ fewer (sliding window) picks the columns of the positions it kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class CacheCapacityError(GenerationError):
 
 @dataclass(frozen=True)
 class CacheUsage:
-    """What a cache holds right now, summed over layers and batch rows.
+    """Slots and bytes a cache stores right now, summed over layers and batch rows.
 
     ``allocated_slots`` are token positions with storage reserved for them (per
     row and layer, counted once: a slot is one position of one row in every layer);
@@ -122,9 +123,9 @@ class KVCache:
         """Return a one-row cache that writes row ``row`` from logical position ``offset`` on, or None.
 
         The engine uses it to prefill a left-padded batch one prompt at a time, so
-        no forward pass is spent on padding: row ``row`` is fed its real tokens alone
-        (batch 1, no padding mask) and they land at positions ``offset`` onwards, after
-        its left padding. The padding slots stay unwritten and later decode steps mask
+        no forward pass is spent on padding. Row ``row`` is fed its real tokens alone
+        (batch 1, no padding mask), and they land at positions ``offset`` onwards,
+        after its left padding. The padding slots stay unwritten and later decode steps mask
         them. When every row has been written, the cache holds the same logical
         positions as after one padded prefill. The default returns None, and the
         engine then runs the padded batch in one forward pass.
@@ -160,6 +161,33 @@ class KVCache:
         """
         keys, values = self.update(layer, key, value)
         return attention(query, keys, values, mask)
+
+
+class ReadBackKVCache(KVCache):
+    """Base class of backends whose stored keys and values must be read back (gathered, dequantized) for attention.
+
+    Subclasses implement ``_write(layer, key, value)``, which stores without reading
+    back, and ``update`` as usual. When a layer is still empty, the new keys and
+    values are all there is to attend over, so :meth:`attend` stores them and runs
+    attention on them directly, skipping the read back.
+    """
+
+    def _write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> Any:
+        """Store ``key``/``value`` for ``layer`` without reading anything back."""
+        raise NotImplementedError
+
+    def attend(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.length(layer) > 0:
+            return super().attend(layer, query, key, value, mask)
+        self._write(layer, key, value)
+        return attention(query, key, value, mask)
 
 
 def attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

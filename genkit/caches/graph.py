@@ -10,8 +10,8 @@ captured in a CUDA graph.
 
 The price is attention over ``capacity`` positions at every step instead of the
 positions written so far, which is small next to the weights for the models
-genkit runs, and memory for ``capacity`` positions from the start, as in the static
-cache.
+genkit runs. Memory for ``capacity`` positions is reserved from the start, as in
+the static cache.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class GraphKVCache(KVCache):
     def _attend_eager(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """The prompt, or a chunk of several tokens: write the slots and attend like the static cache."""
+        """Write the slots of the prompt, or of a chunk of several tokens, and attend like the static cache."""
         start = self.length()
         T = key.shape[2]
         end = start + T

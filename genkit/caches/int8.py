@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, attention, tensor_bytes
+from genkit.caches.base import CacheCapacityError, CacheUsage, ReadBackKVCache, tensor_bytes
 
 INT8_MAX = 127
 # A vector of zeros gets this scale instead of 0, so quantizing never divides by zero.
@@ -34,7 +34,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return (q.float() * scale).to(dtype)
 
 
-class Int8KVCache(KVCache):
+class Int8KVCache(ReadBackKVCache):
     """Preallocates int8 keys and values for ``max_length`` positions, like the static cache, plus their scales.
 
     Attention dequantizes the stored prefix of a layer and runs SDPA over it,
@@ -90,21 +90,6 @@ class Int8KVCache(KVCache):
         keys = dequantize(self.keys[layer][:, :, :end], self.key_scales[layer][:, :, :end], key.dtype)
         values = dequantize(self.values[layer][:, :, :end], self.value_scales[layer][:, :, :end], value.dtype)
         return keys, values
-
-    def attend(
-        self,
-        layer: int,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        if self.lengths[layer] > 0:
-            return super().attend(layer, query, key, value, mask)
-
-        # Prefill into an empty cache: attend over the exact prompt, store it quantized.
-        self._write(layer, key, value)
-        return attention(query, key, value, mask)
 
     def length(self, layer: int = 0) -> int:
         return self.lengths[layer]

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from genkit.caches.base import CacheCapacityError, CacheUsage, KVCache, attention, tensor_bytes
+from genkit.caches.base import CacheCapacityError, CacheUsage, ReadBackKVCache, tensor_bytes
 from genkit.errors import ConfigError
 
 
@@ -76,7 +76,7 @@ class BlockPool:
         self.free_blocks.extend(reversed(blocks))
 
 
-class PagedKVCache(KVCache):
+class PagedKVCache(ReadBackKVCache):
     """Stores each sequence's keys and values in blocks taken from a :class:`BlockPool` on demand.
 
     Left padding takes no storage: row ``r`` with ``padding_lengths[r]`` padding
@@ -165,22 +165,6 @@ class PagedKVCache(KVCache):
         keys = self.pool.keys[layer][slots].transpose(1, 2)  # (B, L, nh, hs) -> (B, nh, L, hs)
         values = self.pool.values[layer][slots].transpose(1, 2)
         return keys, values
-
-    def attend(
-        self,
-        layer: int,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        if self.lengths[layer] > 0:
-            return super().attend(layer, query, key, value, mask)
-
-        # Prefill into an empty cache: attention needs only the new keys, so the
-        # blocks are written but not gathered back.
-        self._write(layer, key, value)
-        return attention(query, key, value, mask)
 
     def length(self, layer: int = 0) -> int:
         return self.lengths[layer]

@@ -35,16 +35,20 @@ class StaticKVCache(KVCache):
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.lengths[layer]
         end = start + key.shape[2]
-        if end > self.max_length:
-            raise CacheCapacityError(
-                f"static KV cache overflow: a sequence needs {end} positions but {self.max_length} are "
-                "allocated; raise cache_options max_length or lower max_new_tokens"
-            )
+        self.check_capacity(end)
         self.keys[layer][:, :, start:end] = key
         self.values[layer][:, :, start:end] = value
         self.lengths[layer] = end
         # Views of the filled prefix: no copy.
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def check_capacity(self, end: int) -> None:
+        """Raise :class:`CacheCapacityError` when a sequence needs ``end`` positions, more than allocated."""
+        if end > self.max_length:
+            raise CacheCapacityError(
+                f"static KV cache overflow: a sequence needs {end} positions but {self.max_length} are "
+                "allocated; raise cache_options max_length or lower max_new_tokens"
+            )
 
     def length(self, layer: int = 0) -> int:
         return self.lengths[layer]
@@ -83,11 +87,7 @@ class _StaticRowWriter(KVCache):
         parent = self.parent
         start = self.offset + self.lengths[layer]
         end = start + key.shape[2]
-        if end > parent.max_length:
-            raise CacheCapacityError(
-                f"static KV cache overflow: a sequence needs {end} positions but {parent.max_length} are "
-                "allocated; raise cache_options max_length or lower max_new_tokens"
-            )
+        parent.check_capacity(end)
         parent.keys[layer][self.row : self.row + 1, :, start:end] = key
         parent.values[layer][self.row : self.row + 1, :, start:end] = value
         self.lengths[layer] += key.shape[2]
